@@ -1,0 +1,111 @@
+use serde::Serialize;
+use warp::http::StatusCode;
+
+/// An error answered to a client: a status and a JSON body `{"error", "message"}`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable, machine-readable code.
+    pub code: &'static str,
+    /// What went wrong and, where it helps, how to fix it.
+    pub message: String,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// Whether the client may retry the same request later.
+    pub fn is_retriable(&self) -> bool {
+        self.status.is_server_error()
+    }
+
+    pub fn into_response(self) -> warp::reply::Response {
+        let body = warp::reply::json(&Body {
+            error: self.code,
+            message: &self.message,
+        });
+        let mut response = warp::reply::with_status(body, self.status).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                warp::http::header::RETRY_AFTER,
+                warp::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
+    }
+}
+
+use warp::Reply;
+
+/// Turns every rejection into a JSON error, so no client ever sees an empty or HTML body.
+pub async fn recover(
+    rejection: warp::Rejection,
+) -> Result<warp::reply::Response, std::convert::Infallible> {
+    use warp::reject::{
+        InvalidHeader, InvalidQuery, LengthRequired, MethodNotAllowed, PayloadTooLarge,
+        UnsupportedMediaType,
+    };
+    let error = if let Some(error) = rejection.find::<ApiError>() {
+        error.clone()
+    } else if rejection.is_not_found() {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    } else if rejection.find::<PayloadTooLarge>().is_some() {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "request bodies are limited to {} bytes",
+                crate::routes::MAX_BODY_BYTES
+            ),
+        )
+    } else if rejection.find::<LengthRequired>().is_some() {
+        ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "send a Content-Length header",
+        )
+    } else if let Some(error) = rejection.find::<InvalidHeader>() {
+        ApiError::bad_request("invalid_header", error.to_string())
+    } else if let Some(error) = rejection.find::<InvalidQuery>() {
+        ApiError::bad_request("invalid_query", error.to_string())
+    } else if rejection.find::<MethodNotAllowed>().is_some() {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        )
+    } else if rejection.find::<UnsupportedMediaType>().is_some() {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send application/json",
+        )
+    } else {
+        tracing::error!(?rejection, "unhandled rejection");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected error",
+        )
+    };
+    Ok(error.into_response())
+}

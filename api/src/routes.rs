@@ -1,0 +1,296 @@
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use feedstream_sinks::FeedReader;
+use feedstream_topology::event::{validate_content, Envelope, EventBody};
+use feedstream_topology::ids::UserId;
+use feedstream_topology::publisher::{EventPublisher, PublishError};
+use prometheus_client::registry::Registry;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use warp::http::StatusCode;
+use warp::hyper::body::Bytes;
+use warp::{Filter, Rejection, Reply};
+
+use crate::error::{recover, ApiError};
+use crate::health::health;
+use crate::metrics::{route_of, ApiMetrics, EventLabel};
+
+/// Largest request body accepted; a post of 500 characters is at most 2 KB of JSON.
+pub const MAX_BODY_BYTES: u64 = 16 * 1024;
+const DEFAULT_PAGE_SIZE: usize = 20;
+const MAX_PAGE_SIZE: usize = 200;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub publisher: Arc<EventPublisher>,
+    pub reader: FeedReader,
+    pub registry: Arc<Registry>,
+    pub metrics: ApiMetrics,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPost {
+    content: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewFollow {
+    followee_id: UserId,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    limit: Option<usize>,
+}
+
+/// Serves the API on `listener` until `shutdown` completes; requests in progress finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes(state))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}
+
+pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let metrics = state.metrics.clone();
+    let with_state = warp::any().map(move || state.clone());
+
+    let create_post = warp::post()
+        .and(warp::path!("posts"))
+        .and(caller())
+        .and(json_body::<NewPost>())
+        .and(with_state.clone())
+        .and_then(create_post);
+    let follow = warp::post()
+        .and(warp::path!("follows"))
+        .and(caller())
+        .and(json_body::<NewFollow>())
+        .and(with_state.clone())
+        .and_then(follow);
+    let unfollow = warp::delete()
+        .and(warp::path!("follows" / String))
+        .and(caller())
+        .and(with_state.clone())
+        .and_then(unfollow);
+    let feed = warp::get()
+        .and(warp::path!("feeds" / String))
+        .and(warp::query::<FeedQuery>())
+        .and(with_state.clone())
+        .and_then(feed);
+    let health = warp::get()
+        .and(warp::path!("health"))
+        .and(with_state.clone())
+        .then(health_check);
+    let metrics_route = warp::get()
+        .and(warp::path!("metrics"))
+        .and(with_state)
+        .map(|state: ApiState| metrics_text(&state.registry));
+
+    create_post
+        .or(follow)
+        .unify()
+        .or(unfollow)
+        .unify()
+        .or(feed)
+        .unify()
+        .or(health)
+        .unify()
+        .or(metrics_route)
+        .unify()
+        .recover(recover)
+        .unify()
+        .with(warp::log::custom(move |info| {
+            metrics.observe(
+                route_of(info.path()),
+                info.method().as_str(),
+                info.status().as_u16(),
+                info.elapsed().as_secs_f64(),
+            )
+        }))
+}
+
+fn reject(error: ApiError) -> Rejection {
+    warp::reject::custom(error)
+}
+
+/// The calling user, from `X-User-Id` (a stand-in until authentication lands).
+fn caller() -> impl Filter<Extract = (UserId,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("x-user-id").and_then(|value: Option<String>| async move {
+        let value = value.ok_or_else(|| {
+            reject(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "send the calling user's id in the X-User-Id header",
+            ))
+        })?;
+        value.trim().parse::<UserId>().map_err(|error| {
+            reject(ApiError::bad_request(
+                "invalid_user_id",
+                format!("X-User-Id: {error}"),
+            ))
+        })
+    })
+}
+
+/// A JSON body of at most [`MAX_BODY_BYTES`], with unknown fields refused.
+fn json_body<T: DeserializeOwned + Send>() -> impl Filter<Extract = (T,), Error = Rejection> + Clone
+{
+    warp::body::content_length_limit(MAX_BODY_BYTES)
+        .and(warp::body::bytes())
+        .and_then(|body: Bytes| async move {
+            serde_json::from_slice::<T>(&body).map_err(|error| {
+                reject(ApiError::bad_request(
+                    "invalid_body",
+                    format!("request body: {error}"),
+                ))
+            })
+        })
+}
+
+fn path_user(text: &str) -> Result<UserId, Rejection> {
+    text.parse::<UserId>()
+        .map_err(|error| reject(ApiError::bad_request("invalid_user_id", error.to_string())))
+}
+
+async fn publish(state: &ApiState, event: &Envelope) -> Result<(), Rejection> {
+    match state.publisher.publish(event).await {
+        Ok(()) => {
+            state
+                .metrics
+                .published
+                .get_or_create(&EventLabel {
+                    event_type: event.type_name(),
+                })
+                .inc();
+            Ok(())
+        }
+        Err(PublishError::Invalid(invalid)) => Err(reject(ApiError::bad_request(
+            "invalid_event",
+            invalid.to_string(),
+        ))),
+        Err(error) => {
+            state.metrics.publish_failures.inc();
+            tracing::warn!(event_id = %event.event_id, %error, "event not acknowledged");
+            Err(reject(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                format!("the event was not stored, retry later: {error}"),
+            )))
+        }
+    }
+}
+
+fn accepted(body: serde_json::Value) -> warp::reply::Response {
+    warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response()
+}
+
+async fn create_post(
+    author: UserId,
+    post: NewPost,
+    state: ApiState,
+) -> Result<warp::reply::Response, Rejection> {
+    validate_content(&post.content).map_err(|invalid| {
+        reject(ApiError::bad_request(
+            "invalid_content",
+            invalid.to_string(),
+        ))
+    })?;
+    let event = state.publisher.post_created(author, post.content);
+    publish(&state, &event).await?;
+    let EventBody::PostCreated { post_id, .. } = &event.body else {
+        unreachable!("post_created builds a POST_CREATED")
+    };
+    tracing::info!(event_id = %event.event_id, author = %author, "post accepted");
+    Ok(accepted(
+        serde_json::json!({ "post_id": post_id, "event_id": event.event_id }),
+    ))
+}
+
+async fn follow(
+    follower: UserId,
+    body: NewFollow,
+    state: ApiState,
+) -> Result<warp::reply::Response, Rejection> {
+    let event = state.publisher.followed(follower, body.followee_id);
+    publish(&state, &event).await?;
+    tracing::info!(event_id = %event.event_id, follower = %follower, followee = %body.followee_id, "follow accepted");
+    Ok(accepted(serde_json::json!({ "event_id": event.event_id })))
+}
+
+async fn unfollow(
+    followee: String,
+    follower: UserId,
+    state: ApiState,
+) -> Result<warp::reply::Response, Rejection> {
+    let followee = path_user(&followee)?;
+    let event = state.publisher.unfollowed(follower, followee);
+    publish(&state, &event).await?;
+    tracing::info!(event_id = %event.event_id, follower = %follower, followee = %followee, "unfollow accepted");
+    Ok(accepted(serde_json::json!({ "event_id": event.event_id })))
+}
+
+async fn feed(
+    user: String,
+    query: FeedQuery,
+    state: ApiState,
+) -> Result<warp::reply::Response, Rejection> {
+    let user = path_user(&user)?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+        return Err(reject(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
+        )));
+    }
+    match state.reader.page(user, None, limit).await {
+        Ok(page) => Ok(warp::reply::json(&page.posts).into_response()),
+        Err(error) => {
+            tracing::error!(%error, user = %user, "feed read failed");
+            Err(reject(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                format!("the feed could not be read, retry later: {error}"),
+            )))
+        }
+    }
+}
+
+async fn health_check(state: ApiState) -> warp::reply::Response {
+    let report = health(state.publisher.clone(), &state.reader).await;
+    let status = if report.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    warp::reply::with_status(warp::reply::json(&report), status).into_response()
+}
+
+/// The registry in Prometheus' text format.
+pub fn metrics_text(registry: &Registry) -> warp::reply::Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, registry) {
+        Ok(()) => warp::reply::with_header(
+            text,
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+        .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "metrics could not be encoded",
+        )
+        .into_response(),
+    }
+}

@@ -1,0 +1,235 @@
+//! Redis holds the newest entries of each feed.
+//!
+//! Layout, per user (behind an optional key prefix):
+//! - `feed:{user}`: sorted set, every score 0, members the post ids zero-padded to 20
+//!   digits, so lexicographic order is id order. (A double score cannot hold a 63-bit id
+//!   exactly; `ZREVRANGEBYLEX` over padded ids is exact.)
+//! - `feedmeta:{user}`: hash with `g`, a generation the sink bumps on every change of the
+//!   feed, and `f`, the floor: every PostgreSQL entry ≥ `f` is in the set (`""`: all).
+//!
+//! The sink only updates sets that exist, so a set is always a complete top slice of
+//! PostgreSQL. A reader that misses fills the set from PostgreSQL only if the generation
+//! it read before its query is unchanged, so a fill never resurrects a removed entry.
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use crate::postgres::CacheOp;
+use crate::SinkError;
+
+/// How many entries of each feed Redis holds.
+pub const FEED_CACHE_CAP: usize = 800;
+
+const APPLY: &str = r#"
+redis.call('HINCRBY', KEYS[2], 'g', 1)
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local floor = redis.call('HGET', KEYS[2], 'f') or ''
+for i = 2, #ARGV do
+  local member = string.sub(ARGV[i], 2)
+  if string.sub(ARGV[i], 1, 1) == '+' then
+    if member >= floor then redis.call('ZADD', KEYS[1], 0, member) end
+  else
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
+local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
+if excess > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, excess - 1)
+  redis.call('HSET', KEYS[2], 'f', redis.call('ZRANGE', KEYS[1], 0, 0)[1])
+end
+return 1
+"#;
+
+const FILL: &str = r#"
+if (redis.call('HGET', KEYS[2], 'g') or '') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 3, #ARGV, 500 do
+  local chunk = {}
+  for j = i, math.min(i + 499, #ARGV) do
+    chunk[#chunk + 1] = 0
+    chunk[#chunk + 1] = ARGV[j]
+  end
+  redis.call('ZADD', KEYS[1], unpack(chunk))
+end
+redis.call('HSET', KEYS[2], 'f', ARGV[2])
+return 1
+"#;
+
+/// What Redis knows of one feed page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CachedPage {
+    /// No set for this feed: fill it, using `generation` as the guard.
+    Miss { generation: String },
+    /// Entries below `max_id` (newest first). `complete` when nothing below them is
+    /// missing from the set, i.e. the page needs no PostgreSQL.
+    Hit { post_ids: Vec<i64>, complete: bool },
+}
+
+#[derive(Clone)]
+pub struct FeedCache {
+    redis: ConnectionManager,
+    prefix: String,
+    target: String,
+    cap: usize,
+    fill_script: Script,
+}
+
+pub(crate) fn member(post_id: i64) -> String {
+    format!("{post_id:020}")
+}
+
+impl FeedCache {
+    /// Connects lazily: the process starts without Redis, and every call fails fast (and
+    /// is retried or served from PostgreSQL) until Redis answers.
+    pub fn connect(url: &str, prefix: &str, cap: usize) -> Result<Self, SinkError> {
+        let client = redis::Client::open(url).map_err(SinkError::RedisUrl)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        let redis =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(SinkError::RedisUrl)?;
+        Ok(Self {
+            redis,
+            prefix: prefix.to_string(),
+            target: crate::postgres::redact(url),
+            cap,
+            fill_script: Script::new(FILL),
+        })
+    }
+
+    fn keys(&self, owner: i64) -> (String, String) {
+        (
+            format!("{}feed:{owner}", self.prefix),
+            format!("{}feedmeta:{owner}", self.prefix),
+        )
+    }
+
+    fn error(&self, source: redis::RedisError) -> SinkError {
+        SinkError::Redis {
+            target: self.target.clone(),
+            source,
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), SinkError> {
+        let mut redis = self.redis.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut redis)
+            .await
+            .map(|_| ())
+            .map_err(|source| self.error(source))
+    }
+
+    /// Mirrors a committed batch's operations, one atomic script per feed, pipelined.
+    pub(crate) async fn apply(&self, ops: &[CacheOp]) -> Result<(), SinkError> {
+        let mut per_feed: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+        for op in ops {
+            let (owner, encoded) = match op {
+                CacheOp::Add { owner, post_id } => (owner, format!("+{}", member(*post_id))),
+                CacheOp::Remove { owner, post_id } => (owner, format!("-{}", member(*post_id))),
+            };
+            per_feed.entry(*owner).or_default().push(encoded);
+        }
+        if per_feed.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (owner, encoded) in &per_feed {
+            let (feed, meta) = self.keys(*owner);
+            pipe.cmd("EVAL")
+                .arg(APPLY)
+                .arg(2)
+                .arg(feed)
+                .arg(meta)
+                .arg(self.cap)
+                .arg(encoded)
+                .ignore();
+        }
+        let mut redis = self.redis.clone();
+        pipe.query_async::<()>(&mut redis)
+            .await
+            .map_err(|source| self.error(source))
+    }
+
+    /// Reads up to `limit` entries below `max_id` (exclusive), newest first.
+    pub(crate) async fn page(
+        &self,
+        owner: i64,
+        max_id: Option<i64>,
+        limit: usize,
+    ) -> Result<CachedPage, SinkError> {
+        let (feed, meta) = self.keys(owner);
+        let upper = max_id.map_or_else(|| "+".to_string(), |id| format!("({}", member(id)));
+        let mut redis = self.redis.clone();
+        let (exists, members, floor, generation): (
+            bool,
+            Vec<String>,
+            Option<String>,
+            Option<String>,
+        ) = redis::pipe()
+            .atomic()
+            .exists(&feed)
+            .cmd("ZREVRANGEBYLEX")
+            .arg(&feed)
+            .arg(upper)
+            .arg("-")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .hget(&meta, "f")
+            .hget(&meta, "g")
+            .query_async(&mut redis)
+            .await
+            .map_err(|source| self.error(source))?;
+        if !exists {
+            return Ok(CachedPage::Miss {
+                generation: generation.unwrap_or_default(),
+            });
+        }
+        let post_ids: Vec<i64> = members.iter().filter_map(|m| m.parse().ok()).collect();
+        let complete = post_ids.len() == limit || floor.unwrap_or_default().is_empty();
+        Ok(CachedPage::Hit { post_ids, complete })
+    }
+
+    /// Loads the newest entries of a feed (`newest` is newest first, at most the cap),
+    /// unless the feed changed since `generation` was read.
+    pub(crate) async fn fill(
+        &self,
+        owner: i64,
+        generation: &str,
+        newest: &[i64],
+    ) -> Result<bool, SinkError> {
+        if newest.is_empty() {
+            return Ok(false);
+        }
+        let (feed, meta) = self.keys(owner);
+        let floor = if newest.len() >= self.cap {
+            newest.last().map(|id| member(*id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let mut invocation = self.fill_script.prepare_invoke();
+        invocation.key(feed).key(meta).arg(generation).arg(floor);
+        for id in newest {
+            invocation.arg(member(*id));
+        }
+        let mut redis = self.redis.clone();
+        let filled: i64 = invocation
+            .invoke_async(&mut redis)
+            .await
+            .map_err(|source| self.error(source))?;
+        Ok(filled == 1)
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// How many entries of a feed Redis holds (diagnostics and tests).
+    pub async fn entry_count(&self, owner: i64) -> Result<usize, SinkError> {
+        let (feed, _) = self.keys(owner);
+        let mut redis = self.redis.clone();
+        redis.zcard(feed).await.map_err(|source| self.error(source))
+    }
+}

@@ -1,0 +1,81 @@
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    pub target: &'static str,
+}
+
+/// Metrics of the sink and the read path, under `feedstream_sink_*` and `feedstream_read_*`.
+#[derive(Clone)]
+pub struct SinkMetrics {
+    pub posts_written: Counter,
+    pub feed_changes_applied: Counter,
+    pub dead_letters: Counter,
+    pub write_retries: Family<TargetLabel, Counter>,
+    pub batch_seconds: Histogram,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_errors: Counter,
+}
+
+impl SinkMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            posts_written: Counter::default(),
+            feed_changes_applied: Counter::default(),
+            dead_letters: Counter::default(),
+            write_retries: Family::default(),
+            batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_errors: Counter::default(),
+        };
+        let sink = registry.sub_registry_with_prefix("sink");
+        sink.register(
+            "posts_written",
+            "Posts upserted into PostgreSQL",
+            metrics.posts_written.clone(),
+        );
+        sink.register(
+            "feed_changes_applied",
+            "Feed changes applied to PostgreSQL and Redis",
+            metrics.feed_changes_applied.clone(),
+        );
+        sink.register(
+            "dead_letters",
+            "feed-events records sent to the dead-letter topic",
+            metrics.dead_letters.clone(),
+        );
+        sink.register(
+            "write_retries",
+            "Batch writes retried after a transient failure, by target",
+            metrics.write_retries.clone(),
+        );
+        sink.register(
+            "batch_duration_seconds",
+            "Time to write and commit one batch",
+            metrics.batch_seconds.clone(),
+        );
+        let read = registry.sub_registry_with_prefix("read");
+        read.register(
+            "cache_hits",
+            "Feed pages served from Redis",
+            metrics.cache_hits.clone(),
+        );
+        read.register(
+            "cache_misses",
+            "Feed pages that had to read PostgreSQL",
+            metrics.cache_misses.clone(),
+        );
+        read.register(
+            "cache_errors",
+            "Redis failures on the read path (served from PostgreSQL)",
+            metrics.cache_errors.clone(),
+        );
+        metrics
+    }
+}

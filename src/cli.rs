@@ -1,0 +1,238 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Kafka Streams-style stream processor that turns posts and follows into social feeds.
+///
+/// Every option can also be set through the environment variable shown with it.
+#[derive(Debug, Parser)]
+#[command(name = "feedstream", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Kafka bootstrap servers, comma-separated host:port.
+    #[arg(
+        long,
+        global = true,
+        env = "FEEDSTREAM_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub brokers: String,
+    /// PostgreSQL URL (the source of truth for reads).
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/feedstream",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Redis URL (the cache of each feed's newest entries).
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+    /// Prefix of every Redis key, to share one Redis between deployments.
+    #[arg(
+        long,
+        global = true,
+        env = "FEEDSTREAM_REDIS_PREFIX",
+        default_value = ""
+    )]
+    pub redis_prefix: String,
+    /// Prefix of the four public topic names (post-events, follow-events, feed-events,
+    /// dead-letter-events).
+    #[arg(
+        long,
+        global = true,
+        env = "FEEDSTREAM_TOPIC_PREFIX",
+        default_value = ""
+    )]
+    pub topic_prefix: String,
+    /// Application id: prefix of changelog topics, consumer groups and the state
+    /// directory, as in Kafka Streams.
+    #[arg(
+        long,
+        global = true,
+        env = "FEEDSTREAM_APPLICATION_ID",
+        default_value = "feedstream"
+    )]
+    pub application_id: String,
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        env = "FEEDSTREAM_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the topics of a deployment.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Apply the PostgreSQL migrations (the api, sink and run commands also do it).
+    Migrate,
+    /// Serve the HTTP API: validate, publish one event, answer; read feeds.
+    Api(ApiArgs),
+    /// Run the feed topology: join posts and follows, fan out into feed-events.
+    Process(ProcessArgs),
+    /// Materialize feed-events and post-events into PostgreSQL and Redis.
+    Sink(SinkArgs),
+    /// Run api, process and sink in one process.
+    Run(RunArgs),
+    /// Wipe one state store of every task and rebuild it from its changelog (or, with
+    /// --from-source, from its source topic); prints a digest to compare rebuilds. Stop
+    /// the processor that uses the state directory first.
+    RebuildState(RebuildArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StoreName {
+    Followers,
+    RecentPosts,
+}
+
+impl StoreName {
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreName::Followers => feedstream_stores::FOLLOWERS_STORE,
+            StoreName::RecentPosts => feedstream_stores::RECENT_POSTS_STORE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RebuildArgs {
+    /// The store to rebuild.
+    #[arg(long, value_enum)]
+    pub store: StoreName,
+    /// Replay the store's source topic (follow-events or post-events) instead of its
+    /// changelog, then bring the changelog in line with the result.
+    #[arg(long)]
+    pub from_source: bool,
+    #[command(flatten)]
+    pub process: ProcessArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create every missing topic (idempotent), then check the layout.
+    Create {
+        /// Partitions of post-events, follow-events and the changelogs: the number of
+        /// tasks, the upper bound on processor parallelism.
+        #[arg(long, env = "FEEDSTREAM_PARTITIONS", default_value_t = 6)]
+        partitions: i32,
+        /// Partitions of feed-events and dead-letter-events (defaults to --partitions).
+        #[arg(long, env = "FEEDSTREAM_OUTPUT_PARTITIONS")]
+        output_partitions: Option<i32>,
+        /// Replication factor of every topic.
+        #[arg(long, env = "FEEDSTREAM_REPLICATION", default_value_t = 1)]
+        replication: i32,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "FEEDSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Node id of this API instance (0-1023), unique per instance: part of every id it issues.
+    #[arg(long, env = "FEEDSTREAM_NODE_ID", default_value_t = 0)]
+    pub node_id: u32,
+    /// How long a write waits for the broker's acknowledgement before answering 503.
+    #[arg(long, env = "FEEDSTREAM_PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
+    pub publish_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProcessArgs {
+    /// Directory of the processor's state stores (RocksDB); one per instance.
+    #[arg(
+        long,
+        env = "FEEDSTREAM_STATE_DIR",
+        default_value = ".feedstream/state"
+    )]
+    pub state_dir: PathBuf,
+    /// How many of an author's newest posts a new follower receives (N).
+    #[arg(long, env = "FEEDSTREAM_BACKFILL", default_value_t = 100)]
+    pub backfill: usize,
+    /// Most input records per processing batch (one commit each).
+    #[arg(long, env = "FEEDSTREAM_PROCESS_BATCH_RECORDS", default_value_t = 500)]
+    pub process_batch_records: usize,
+    /// Longest wait to fill a processing batch, in milliseconds.
+    #[arg(long, env = "FEEDSTREAM_PROCESS_BATCH_WAIT_MS", default_value_t = 50)]
+    pub process_batch_wait_ms: u64,
+    /// How long a task waits for a lagging input before processing the other one
+    /// (Kafka Streams' max.task.idle.ms), in milliseconds.
+    #[arg(long, env = "FEEDSTREAM_MAX_TASK_IDLE_MS", default_value_t = 1000)]
+    pub max_task_idle_ms: u64,
+    /// Serve /metrics on this address (the `run` command serves them on the API).
+    #[arg(long, env = "FEEDSTREAM_PROCESS_METRICS_LISTEN")]
+    pub process_metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SinkArgs {
+    /// Consumer group of the sink (default `<application-id>-sink`). A new group replays
+    /// feed-events and post-events from the beginning.
+    #[arg(long, env = "FEEDSTREAM_SINK_GROUP")]
+    pub sink_group: Option<String>,
+    /// Most records per sink batch (one PostgreSQL transaction each).
+    #[arg(long, env = "FEEDSTREAM_SINK_BATCH_RECORDS", default_value_t = 1000)]
+    pub sink_batch_records: usize,
+    /// Longest wait to fill a sink batch, in milliseconds.
+    #[arg(long, env = "FEEDSTREAM_SINK_BATCH_WAIT_MS", default_value_t = 50)]
+    pub sink_batch_wait_ms: u64,
+    /// How many entries of each feed Redis holds.
+    #[arg(long, env = "FEEDSTREAM_FEED_CACHE_CAP", default_value_t = feedstream_sinks::FEED_CACHE_CAP)]
+    pub feed_cache_cap: usize,
+    /// Serve /metrics on this address (the `run` command serves them on the API).
+    #[arg(long, env = "FEEDSTREAM_SINK_METRICS_LISTEN")]
+    pub sink_metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    #[command(flatten)]
+    pub sink: SinkArgs,
+}
+
+pub fn init_logging(global: &GlobalArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn,sqlx=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match global.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

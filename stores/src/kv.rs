@@ -1,0 +1,61 @@
+use crate::StoreError;
+
+/// One key-value pair.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// An ordered byte key-value store owned by one task.
+///
+/// Keys are compared bytewise, so big-endian integer keys iterate in numeric order.
+pub trait KeyValueStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    fn delete(&mut self, key: &[u8]) -> Result<(), StoreError>;
+    /// All entries whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError>;
+    /// Folds every entry, in key order, into a digest (see [`StoreDigest`]).
+    fn digest(&self) -> Result<StoreDigest, StoreError>;
+}
+
+/// Order-sensitive fingerprint of a store's whole content: equal content gives an equal
+/// digest, whatever the backend. Used to compare two rebuilds of the same store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreDigest {
+    pub entries: u64,
+    pub hash: u64,
+}
+
+impl Default for StoreDigest {
+    fn default() -> Self {
+        Self {
+            entries: 0,
+            hash: FNV_OFFSET,
+        }
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+impl StoreDigest {
+    /// Adds one entry. Lengths are folded in too, so ("ab","c") and ("a","bc") differ.
+    pub fn add(&mut self, key: &[u8], value: &[u8]) {
+        self.entries += 1;
+        for part in [key, value] {
+            self.fold(&(part.len() as u64).to_be_bytes());
+            self.fold(part);
+        }
+    }
+
+    fn fold(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.hash ^= u64::from(*byte);
+            self.hash = self.hash.wrapping_mul(FNV_PRIME);
+        }
+    }
+}
+
+impl std::fmt::Display for StoreDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} entries, digest {:016x}", self.entries, self.hash)
+    }
+}

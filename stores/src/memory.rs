@@ -1,0 +1,42 @@
+use std::collections::BTreeMap;
+
+use crate::{Entry, KeyValueStore, StoreDigest, StoreError};
+
+/// Ordered in-memory store, for pure tests of the topology.
+#[derive(Debug, Default, Clone)]
+pub struct InMemoryStore {
+    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl KeyValueStore for InMemoryStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.entries.get(key).cloned())
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.entries.insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.entries.remove(key);
+        Ok(())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        Ok(self
+            .entries
+            .range(prefix.to_vec()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    fn digest(&self) -> Result<StoreDigest, StoreError> {
+        let mut digest = StoreDigest::default();
+        for (key, value) in &self.entries {
+            digest.add(key, value);
+        }
+        Ok(digest)
+    }
+}

@@ -1,0 +1,155 @@
+use std::path::{Path, PathBuf};
+
+use rocksdb::{Direction, IteratorMode, Options, DB};
+
+use crate::{Entry, KeyValueStore, StoreDigest, StoreError};
+
+/// A RocksDB database holding one store of one task.
+pub struct RocksDbStore {
+    db: DB,
+    path: PathBuf,
+}
+
+impl RocksDbStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(path).map_err(|source| StoreError::Directory {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        // Tasks are many and small; a large per-database write buffer would multiply.
+        options.set_write_buffer_size(8 << 20);
+        options.set_max_open_files(256);
+        let db = DB::open(&options, path).map_err(|source| StoreError::RocksDb {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Deletes the store's files. The store must not be open.
+    pub fn destroy(path: &Path) -> Result<(), StoreError> {
+        if !path.exists() {
+            return Ok(());
+        }
+        DB::destroy(&Options::default(), path).map_err(|source| StoreError::RocksDb {
+            path: path.display().to_string(),
+            source,
+        })?;
+        std::fs::remove_dir_all(path).or_else(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(StoreError::Directory {
+                path: path.display().to_string(),
+                source,
+            }),
+        })
+    }
+
+    /// Makes every acknowledged write durable on disk (memtable and WAL flushed).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|source| self.error(source))?;
+        self.db.flush_wal(true).map_err(|source| self.error(source))
+    }
+
+    /// Makes every acknowledged write durable (fsyncs the WAL): cheaper than a flush,
+    /// done before each checkpoint.
+    pub fn sync_wal(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(|source| self.error(source))
+    }
+
+    /// Approximate on-disk size of the live data, for metrics.
+    pub fn approximate_size_bytes(&self) -> u64 {
+        self.db
+            .property_int_value(rocksdb::properties::TOTAL_SST_FILES_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn error(&self, source: rocksdb::Error) -> StoreError {
+        StoreError::RocksDb {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+}
+
+impl KeyValueStore for RocksDbStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get(key).map_err(|source| self.error(source))
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.db.put(key, value).map_err(|source| self.error(source))
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.db.delete(key).map_err(|source| self.error(source))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        let mut entries = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (key, value) = item.map_err(|source| self.error(source))?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            entries.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(entries)
+    }
+
+    fn digest(&self) -> Result<StoreDigest, StoreError> {
+        let mut digest = StoreDigest::default();
+        for item in self.db.iterator(IteratorMode::Start) {
+            let (key, value) = item.map_err(|source| self.error(source))?;
+            digest.add(&key, &value);
+        }
+        Ok(digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::InMemoryStore;
+
+    #[test]
+    fn matches_the_in_memory_store_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let mut memory = InMemoryStore::default();
+        {
+            let mut rocks = RocksDbStore::open(&path).unwrap();
+            for (key, value) in [(&b"a1"[..], &b"x"[..]), (b"a2", b"y"), (b"b1", b"z")] {
+                rocks.put(key, value).unwrap();
+                memory.put(key, value).unwrap();
+            }
+            rocks.delete(b"a2").unwrap();
+            memory.delete(b"a2").unwrap();
+            assert_eq!(
+                rocks.scan_prefix(b"a").unwrap(),
+                memory.scan_prefix(b"a").unwrap()
+            );
+            rocks.flush().unwrap();
+        }
+        let reopened = RocksDbStore::open(&path).unwrap();
+        assert_eq!(reopened.get(b"b1").unwrap(), Some(b"z".to_vec()));
+        assert_eq!(reopened.digest().unwrap(), memory.digest().unwrap());
+        drop(reopened);
+        RocksDbStore::destroy(&path).unwrap();
+        assert!(!path.exists());
+    }
+}

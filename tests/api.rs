@@ -1,0 +1,237 @@
+//! The HTTP API's answers to bad input and to a broker that is gone.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Deployment, Engines};
+use reqwest::StatusCode;
+
+async fn error_of(response: reqwest::Response) -> anyhow::Result<(StatusCode, String)> {
+    let status = response.status();
+    let body: serde_json::Value = response.json().await?;
+    let code = body["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error body has a message: {body}"
+    );
+    Ok((status, code))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_json_4xx() -> anyhow::Result<()> {
+    let engines = Engines::from_env();
+    let deployment = Deployment::new(&engines).await?;
+    deployment.create_topics(1).await?;
+    let (_api, base) = deployment.spawn_api(&[]).await?;
+    let http = reqwest::Client::new();
+    let post = |user: Option<&str>, body: String| {
+        let mut request = http
+            .post(format!("{base}/posts"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(user) = user {
+            request = request.header("X-User-Id", user);
+        }
+        request.send()
+    };
+
+    let cases: Vec<(reqwest::Response, StatusCode, &str)> = vec![
+        (
+            post(Some("1"), r#"{"content": "   "}"#.into()).await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_content",
+        ),
+        (
+            post(
+                Some("1"),
+                serde_json::json!({"content": "x".repeat(501)}).to_string(),
+            )
+            .await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_content",
+        ),
+        (
+            post(Some("1"), r#"{"content": "hi", "extra": 1}"#.into()).await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            post(Some("1"), r#"{"content": "#.into()).await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            post(Some("1"), "x".repeat(20_000)).await?,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            post(Some("abc"), r#"{"content": "hi"}"#.into()).await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_user_id",
+        ),
+        (
+            post(Some("0"), r#"{"content": "hi"}"#.into()).await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_user_id",
+        ),
+        (
+            post(None, r#"{"content": "hi"}"#.into()).await?,
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            http.post(format!("{base}/follows"))
+                .header("X-User-Id", "7")
+                .body(r#"{"followee_id": "7"}"#)
+                .send()
+                .await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_event",
+        ),
+        (
+            http.post(format!("{base}/follows"))
+                .header("X-User-Id", "7")
+                .body(r#"{"followee_id": "-3"}"#)
+                .send()
+                .await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            http.delete(format!("{base}/follows/abc"))
+                .header("X-User-Id", "7")
+                .send()
+                .await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_user_id",
+        ),
+        (
+            http.get(format!("{base}/feeds/1?limit=0")).send().await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+        ),
+        (
+            http.get(format!("{base}/feeds/1?limit=x")).send().await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            http.get(format!("{base}/feeds/1?color=red")).send().await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            http.get(format!("{base}/feeds/x")).send().await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_user_id",
+        ),
+        (
+            http.get(format!("{base}/nowhere")).send().await?,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ];
+    for (index, (response, status, code)) in cases.into_iter().enumerate() {
+        let (got_status, got_code) = error_of(response).await?;
+        assert_eq!(
+            (got_status, got_code.as_str()),
+            (status, code),
+            "case {index}"
+        );
+    }
+
+    // Valid requests go through; metrics count them.
+    let accepted = post(Some("1"), r#"{"content": "hello"}"#.into()).await?;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let body: serde_json::Value = accepted.json().await?;
+    assert_eq!(
+        body["post_id"], body["event_id"],
+        "a post's id is its event's id"
+    );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("feedstream_api_events_published_total{event_type=\"POST_CREATED\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("route=\"/posts\""), "{metrics}");
+    let health = http.get(format!("{base}/health")).send().await?;
+    assert_eq!(health.status(), StatusCode::OK);
+    let health: serde_json::Value = health.json().await?;
+    for service in ["kafka", "postgres", "redis"] {
+        assert_eq!(health[service]["status"], "up", "{health}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_answer_503_in_bounded_time_when_the_broker_is_gone() -> anyhow::Result<()> {
+    let engines = Engines::from_env();
+    let tansu = engines
+        .tansu
+        .clone()
+        .expect("FEEDSTREAM_TEST_TANSU is not set: run the suite with scripts/test.sh");
+    // A private broker, so that stopping it leaves the other tests alone.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    drop(listener);
+    let data = tempfile::tempdir()?;
+    let url = format!("tcp://127.0.0.1:{port}");
+    // tansu resolves the sqlite path against its working directory.
+    let mut broker = tokio::process::Command::new(tansu)
+        .current_dir(data.path())
+        .args(["broker", "--storage-engine", "sqlite://tansu.db"])
+        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    eventually(
+        Duration::from_secs(30),
+        "the private broker to listen",
+        || async move {
+            Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok())
+        },
+    )
+    .await?;
+
+    let deployment = Deployment::on_broker(&engines, &format!("127.0.0.1:{port}")).await?;
+    deployment.create_topics(1).await?;
+    let (_api, base) = deployment
+        .spawn_api(&["--publish-timeout-ms", "2000"])
+        .await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let write = || {
+        http.post(format!("{base}/posts"))
+            .header("X-User-Id", "1")
+            .body(r#"{"content": "hello"}"#)
+            .send()
+    };
+    assert_eq!(write().await?.status(), StatusCode::ACCEPTED);
+
+    broker.kill().await?;
+    // An answer at all (rather than the client's own 30 s timeout) shows the API gives
+    // up on the broker by itself.
+    let (status, code) = error_of(write().await?).await?;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable")
+    );
+
+    let health = http.get(format!("{base}/health")).send().await?;
+    assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let health: serde_json::Value = health.json().await?;
+    assert_eq!(health["kafka"]["status"], "down", "{health}");
+    assert!(health["kafka"]["error"].as_str().is_some(), "{health}");
+    Ok(())
+}

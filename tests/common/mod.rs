@@ -1,0 +1,335 @@
+//! Test harness: real engines, one isolated deployment per test (its own topic prefix,
+//! application id, PostgreSQL database, Redis key prefix and state directory), and the
+//! real `feedstream` binary.
+#![allow(dead_code)] // each test binary uses part of the harness
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use feedstream_topology::event::{Envelope, EventBody, ENVELOPE_VERSION};
+use feedstream_topology::ids::{id_timestamp_ms, EventId, PostId, UserId};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Where the engines are; set by scripts/test.sh.
+pub struct Engines {
+    pub brokers: String,
+    pub pg_admin_url: String,
+    pub redis_url: String,
+    pub tansu: Option<String>,
+}
+
+impl Engines {
+    pub fn from_env() -> Self {
+        let need = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: run the suite with scripts/test.sh, which starts a Kafka broker (tansu), PostgreSQL and Redis")
+            })
+        };
+        Self {
+            brokers: need("FEEDSTREAM_TEST_BROKERS"),
+            pg_admin_url: need("FEEDSTREAM_TEST_PG_ADMIN_URL"),
+            redis_url: need("FEEDSTREAM_TEST_REDIS_URL"),
+            tansu: std::env::var("FEEDSTREAM_TEST_TANSU").ok(),
+        }
+    }
+}
+
+/// One isolated deployment of feedstream on the shared engines.
+pub struct Deployment {
+    pub id: String,
+    pub brokers: String,
+    pub database_url: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub topic_prefix: String,
+    pub application_id: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    pub async fn new(engines: &Engines) -> anyhow::Result<Self> {
+        Self::on_broker(engines, &engines.brokers).await
+    }
+
+    pub async fn on_broker(engines: &Engines, brokers: &str) -> anyhow::Result<Self> {
+        let id = format!("{:08x}", fastrand::u32(..));
+        let database = format!("feedstream_test_{id}");
+        let admin = format!("{}/postgres", engines.pg_admin_url);
+        let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {admin}"))?;
+        sqlx::query(&format!("CREATE DATABASE {database}"))
+            .execute(&mut connection)
+            .await?;
+        Ok(Self {
+            brokers: brokers.to_string(),
+            database_url: format!("{}/{database}", engines.pg_admin_url),
+            redis_url: engines.redis_url.clone(),
+            redis_prefix: format!("test-{id}:"),
+            topic_prefix: format!("t{id}-"),
+            application_id: format!("app{id}"),
+            dir: tempfile::tempdir()?,
+            id,
+        })
+    }
+
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.topic_prefix)
+    }
+
+    /// The binary with this deployment's settings in its environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_feedstream"));
+        command
+            .args(args)
+            .env("FEEDSTREAM_BROKERS", &self.brokers)
+            .env("DATABASE_URL", &self.database_url)
+            .env("REDIS_URL", &self.redis_url)
+            .env("FEEDSTREAM_REDIS_PREFIX", &self.redis_prefix)
+            .env("FEEDSTREAM_TOPIC_PREFIX", &self.topic_prefix)
+            .env("FEEDSTREAM_APPLICATION_ID", &self.application_id)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs a command to completion; returns (success, stdout, stderr).
+    pub async fn run(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        let output = self.command(args).output().await?;
+        Ok((
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
+    pub async fn create_topics(&self, partitions: u32) -> anyhow::Result<String> {
+        let (ok, stdout, stderr) = self
+            .run(&["topics", "create", "--partitions", &partitions.to_string()])
+            .await?;
+        if !ok {
+            bail!("topics create failed: {stderr}");
+        }
+        Ok(stdout)
+    }
+
+    /// Starts a long-running command (process, sink).
+    pub fn spawn(&self, args: &[&str]) -> anyhow::Result<Child> {
+        Ok(self.command(args).stdout(Stdio::null()).spawn()?)
+    }
+
+    pub fn spawn_processor(&self, name: &str) -> anyhow::Result<Child> {
+        let state = self.dir.path().join(name);
+        self.spawn(&[
+            "process",
+            "--state-dir",
+            state.to_str().unwrap_or_default(),
+            "--max-task-idle-ms",
+            "200",
+        ])
+    }
+
+    /// Starts `feedstream api` on a free port; returns it with its base URL.
+    pub async fn spawn_api(&self, extra: &[&str]) -> anyhow::Result<(Child, String)> {
+        let mut args = vec!["api", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut child = self.command(&args).stdout(Stdio::piped()).spawn()?;
+        let stdout = child.stdout.take().context("api stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.strip_prefix("feedstream API listening on ") {
+                    return Ok(url.trim().to_string());
+                }
+            }
+            bail!("api exited before listening")
+        })
+        .await
+        .context("api did not start listening within 60s")??;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok((child, url))
+    }
+}
+
+/// An HTTP client of the API that records every accepted event, for the model.
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub events: Vec<Envelope>,
+}
+
+impl Client {
+    pub fn new(base: String) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            base,
+            events: Vec::new(),
+        }
+    }
+
+    async fn accepted(&self, response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+        let status = response.status();
+        let body: serde_json::Value = response.json().await?;
+        if status != reqwest::StatusCode::ACCEPTED {
+            bail!("expected 202, got {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    fn record(
+        &mut self,
+        event_id: &serde_json::Value,
+        actor: u64,
+        body: EventBody,
+    ) -> anyhow::Result<EventId> {
+        let event_id: EventId = serde_json::from_value(event_id.clone())?;
+        self.events.push(Envelope {
+            event_id,
+            body,
+            actor_id: user(actor),
+            timestamp: id_timestamp_ms(event_id.get()),
+            version: ENVELOPE_VERSION,
+        });
+        Ok(event_id)
+    }
+
+    pub async fn post(&mut self, author: u64, content: &str) -> anyhow::Result<PostId> {
+        let response = self
+            .http
+            .post(format!("{}/posts", self.base))
+            .header("X-User-Id", author.to_string())
+            .json(&serde_json::json!({ "content": content }))
+            .send()
+            .await?;
+        let body = self.accepted(response).await?;
+        let post_id: PostId = serde_json::from_value(body["post_id"].clone())?;
+        self.record(
+            &body["event_id"],
+            author,
+            EventBody::PostCreated {
+                post_id,
+                content: content.into(),
+            },
+        )?;
+        Ok(post_id)
+    }
+
+    pub async fn follow(&mut self, follower: u64, followee: u64) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(format!("{}/follows", self.base))
+            .header("X-User-Id", follower.to_string())
+            .json(&serde_json::json!({ "followee_id": followee.to_string() }))
+            .send()
+            .await?;
+        let body = self.accepted(response).await?;
+        self.record(
+            &body["event_id"],
+            follower,
+            EventBody::Followed {
+                followee_id: user(followee),
+            },
+        )?;
+        Ok(())
+    }
+
+    pub async fn unfollow(&mut self, follower: u64, followee: u64) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .delete(format!("{}/follows/{followee}", self.base))
+            .header("X-User-Id", follower.to_string())
+            .send()
+            .await?;
+        let body = self.accepted(response).await?;
+        self.record(
+            &body["event_id"],
+            follower,
+            EventBody::Unfollowed {
+                followee_id: user(followee),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// A feed's post ids as GET /feeds returns them (newest first, duplicates kept).
+    pub async fn feed(&self, owner: u64) -> anyhow::Result<Vec<PostId>> {
+        let response = self
+            .http
+            .get(format!("{}/feeds/{owner}?limit=200", self.base))
+            .send()
+            .await?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await?;
+        if !status.is_success() {
+            bail!("GET /feeds/{owner}: {status} {body}");
+        }
+        body.as_array()
+            .context("feed is a JSON array")?
+            .iter()
+            .map(|post| Ok(serde_json::from_value(post["id"].clone())?))
+            .collect()
+    }
+
+    pub async fn feeds(&self, owners: &[u64]) -> anyhow::Result<BTreeMap<UserId, Vec<PostId>>> {
+        let mut feeds = BTreeMap::new();
+        for owner in owners {
+            let feed = self.feed(*owner).await?;
+            if !feed.is_empty() {
+                feeds.insert(user(*owner), feed);
+            }
+        }
+        Ok(feeds)
+    }
+
+    /// Polls until every feed of `owners` matches `expected` (as sets, no duplicates,
+    /// newest first) or the deadline passes; returns the last observation.
+    pub async fn await_feeds(
+        &self,
+        owners: &[u64],
+        expected: &BTreeMap<UserId, BTreeSet<PostId>>,
+        deadline: Duration,
+    ) -> anyhow::Result<BTreeMap<UserId, Vec<PostId>>> {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let observed = self.feeds(owners).await?;
+            let clean = feedstream_topology::model::compare(expected, &observed).is_clean();
+            if clean || tokio::time::Instant::now() > until {
+                return Ok(observed);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+pub fn user(id: u64) -> UserId {
+    UserId::new(id).expect("test user ids are positive")
+}
+
+/// Polls `check` until it returns true or `deadline` passes.
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > until {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,256 @@
+//! Kafka Streams-grade state: stores survive a wiped state directory, a kill -9 and
+//! tasks moving between processors, with feeds equal to the reference model throughout.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Client, Deployment, Engines};
+use feedstream_topology::model::{compare, expected_feeds};
+
+const BACKFILL: usize = 100;
+const USERS: [u64; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+const FEED_DEADLINE: Duration = Duration::from_secs(120);
+
+async fn assert_feeds_match_model(client: &Client) -> anyhow::Result<()> {
+    let expected = expected_feeds(&client.events, BACKFILL);
+    let observed = client.await_feeds(&USERS, &expected, FEED_DEADLINE).await?;
+    let found = compare(&expected, &observed);
+    assert!(found.is_clean(), "feeds differ from the model: {found}");
+    Ok(())
+}
+
+/// Follows and posts among USERS, deterministic for a given `round`.
+async fn traffic(client: &mut Client, round: u64, posts: u64) -> anyhow::Result<()> {
+    for (i, follower) in USERS.iter().enumerate() {
+        let followee = USERS[(i + 1 + round as usize) % USERS.len()];
+        client.follow(*follower, followee).await?;
+    }
+    for n in 0..posts {
+        let author = USERS[((n * 3 + round) % USERS.len() as u64) as usize];
+        client
+            .post(author, &format!("round {round} post {n}"))
+            .await?;
+    }
+    let follower = USERS[(round % USERS.len() as u64) as usize];
+    let followee = USERS[((round + 1) % USERS.len() as u64) as usize];
+    client.unfollow(follower, followee).await?;
+    Ok(())
+}
+
+fn terminate(child: &tokio::process::Child) -> anyhow::Result<()> {
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("process already exited"))?;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+    Ok(())
+}
+
+/// The digest line `store NAME: N entries, digest H` of `rebuild-state`.
+async fn rebuild(
+    deployment: &Deployment,
+    state: &str,
+    store: &str,
+    from_source: bool,
+) -> anyhow::Result<String> {
+    let mut args = vec!["rebuild-state", "--store", store, "--state-dir", state];
+    if from_source {
+        args.push("--from-source");
+    }
+    let (ok, stdout, stderr) = deployment.run(&args).await?;
+    anyhow::ensure!(ok, "rebuild-state failed: {stderr}");
+    stdout
+        .lines()
+        .find(|line| line.starts_with("store "))
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no digest in: {stdout}"))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn metric(port: u16, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+fn spawn_processor(
+    deployment: &Deployment,
+    state: &str,
+    extra: &[&str],
+) -> anyhow::Result<tokio::process::Child> {
+    let mut args = vec!["process", "--state-dir", state, "--max-task-idle-ms", "200"];
+    args.extend_from_slice(extra);
+    deployment.spawn(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_state_dir_is_restored_to_the_same_stores() -> anyhow::Result<()> {
+    let engines = Engines::from_env();
+    let deployment = Deployment::new(&engines).await?;
+    deployment.create_topics(3).await?;
+    let state = deployment.dir.path().join("state");
+    let state = state.to_str().unwrap_or_default().to_string();
+    let (_api, base) = deployment.spawn_api(&[]).await?;
+    let _sink = deployment.spawn(&["sink"])?;
+    let mut processor = spawn_processor(&deployment, &state, &[])?;
+    let mut client = Client::new(base);
+    traffic(&mut client, 0, 20).await?;
+    assert_feeds_match_model(&client).await?;
+    terminate(&processor)?;
+    processor.wait().await?;
+
+    let followers = rebuild(&deployment, &state, "followers", false).await?;
+    let recent = rebuild(&deployment, &state, "recent-posts", false).await?;
+    assert!(!followers.contains(" 0 entries"), "{followers}");
+    std::fs::remove_dir_all(&state)?;
+    assert_eq!(
+        rebuild(&deployment, &state, "followers", false).await?,
+        followers
+    );
+    assert_eq!(
+        rebuild(&deployment, &state, "recent-posts", false).await?,
+        recent
+    );
+    assert_eq!(
+        rebuild(&deployment, &state, "followers", true).await?,
+        followers,
+        "rebuild from follow-events"
+    );
+    assert_eq!(
+        rebuild(&deployment, &state, "recent-posts", true).await?,
+        recent,
+        "rebuild from post-events"
+    );
+
+    // A processor on an empty state directory restores before processing: new posts
+    // reach the followers recorded before the wipe.
+    std::fs::remove_dir_all(&state)?;
+    let metrics_port = free_port()?;
+    let _processor = spawn_processor(
+        &deployment,
+        &state,
+        &[
+            "--process-metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+    )?;
+    for author in [1, 2, 3] {
+        client.post(author, "after the wipe").await?;
+    }
+    assert_feeds_match_model(&client).await?;
+    let restored = metric(metrics_port, "feedstream_processor_restored_records_total").await?;
+    assert!(
+        restored > 0.0,
+        "the processor restored its stores from the changelogs"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_killed_mid_stream_recovers_exact_feeds() -> anyhow::Result<()> {
+    let engines = Engines::from_env();
+    let deployment = Deployment::new(&engines).await?;
+    deployment.create_topics(3).await?;
+    let state = deployment.dir.path().join("state");
+    let state = state.to_str().unwrap_or_default().to_string();
+    let (_api, base) = deployment.spawn_api(&[]).await?;
+    let _sink = deployment.spawn(&["sink"])?;
+    // Small batches: many commits, so the kill lands between and inside them.
+    let small_batches = ["--process-batch-records", "5"];
+    let mut processor = spawn_processor(&deployment, &state, &small_batches)?;
+
+    let probe = Client::new(base.clone());
+    let mut client = Client::new(base);
+    traffic(&mut client, 0, 10).await?;
+    let writer = tokio::spawn(async move {
+        for round in 1..=4 {
+            traffic(&mut client, round, 15).await?;
+        }
+        anyhow::Ok(client)
+    });
+    // Kill once processing is under way.
+    eventually(FEED_DEADLINE, "the processor to make progress", || async {
+        Ok(!probe.feed(2).await?.is_empty())
+    })
+    .await?;
+    processor.start_kill()?;
+    processor.wait().await?;
+    let _restarted = spawn_processor(&deployment, &state, &small_batches)?;
+    let client = writer.await??;
+    assert_feeds_match_model(&client).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_move_with_their_state_when_processors_join_and_leave() -> anyhow::Result<()> {
+    let engines = Engines::from_env();
+    let deployment = Deployment::new(&engines).await?;
+    deployment.create_topics(4).await?;
+    let dir = |name: &str| {
+        deployment
+            .dir
+            .path()
+            .join(name)
+            .to_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (_api, base) = deployment.spawn_api(&[]).await?;
+    let _sink = deployment.spawn(&["sink"])?;
+    let (port_a, port_b) = (free_port()?, free_port()?);
+    let _first = spawn_processor(
+        &deployment,
+        &dir("a"),
+        &["--process-metrics-listen", &format!("127.0.0.1:{port_a}")],
+    )?;
+    let mut client = Client::new(base);
+    traffic(&mut client, 0, 12).await?;
+    assert_feeds_match_model(&client).await?;
+
+    let second = spawn_processor(
+        &deployment,
+        &dir("b"),
+        &["--process-metrics-listen", &format!("127.0.0.1:{port_b}")],
+    )?;
+    eventually(
+        FEED_DEADLINE,
+        "the second processor to take tasks",
+        || async {
+            Ok(metric(port_b, "feedstream_processor_active_tasks")
+                .await
+                .unwrap_or(0.0)
+                >= 1.0)
+        },
+    )
+    .await?;
+    traffic(&mut client, 1, 12).await?;
+    assert_feeds_match_model(&client).await?;
+
+    terminate(&second)?;
+    eventually(
+        FEED_DEADLINE,
+        "the first processor to take every task back",
+        || async {
+            Ok(metric(port_a, "feedstream_processor_active_tasks")
+                .await
+                .unwrap_or(0.0)
+                >= 4.0)
+        },
+    )
+    .await?;
+    traffic(&mut client, 2, 12).await?;
+    assert_feeds_match_model(&client).await
+}

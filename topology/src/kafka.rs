@@ -1,0 +1,475 @@
+//! Kafka plumbing shared by the processor and the sinks: client settings, a group
+//! consumer that cuts batches at rebalances, and an outbox that waits for every
+//! acknowledgement.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::event::EVENT_ID_HEADER;
+
+/// How the API and the runtimes reach the brokers.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// Comma-separated `host:port` list.
+    pub brokers: String,
+    /// How long a produced record may wait for the broker's acknowledgement before the
+    /// send fails. The API keeps it short (it answers a person); runtimes keep it long.
+    pub delivery_timeout: Duration,
+}
+
+/// A Kafka failure, and whether trying again later can succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaFailure {
+    #[error("Kafka client could not be configured: {0}")]
+    Configuration(#[source] KafkaError),
+    #[error("Kafka broker at {brokers} did not answer: {source}")]
+    Unreachable {
+        brokers: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("Kafka operation failed: {0}")]
+    Operation(#[source] KafkaError),
+}
+
+impl KafkaFailure {
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            KafkaFailure::Configuration(_) => false,
+            KafkaFailure::Unreachable { .. } => true,
+            KafkaFailure::Operation(error) => error.rdkafka_error_code().is_none_or(|code| {
+                !matches!(
+                    code,
+                    RDKafkaErrorCode::Fatal | RDKafkaErrorCode::InvalidConfig
+                )
+            }),
+        }
+    }
+}
+
+fn client_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("client.id", client_id)
+        // Java clients' default partitioner, so that records keyed by a user id land in
+        // the same partition whichever client produced them.
+        .set("partitioner", "murmur2_random")
+        .set("socket.timeout.ms", "10000");
+    config
+}
+
+/// A producer with acks from all in-sync replicas, idempotence on, and the given
+/// delivery timeout.
+pub fn producer(settings: &KafkaSettings, client_id: &str) -> Result<FutureProducer, KafkaFailure> {
+    client_config(settings, client_id)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set(
+            "message.timeout.ms",
+            settings.delivery_timeout.as_millis().to_string(),
+        )
+        .create()
+        .map_err(KafkaFailure::Configuration)
+}
+
+/// A consumer that is in no group: it reads exactly the partitions it is assigned.
+pub fn standalone_consumer(
+    settings: &KafkaSettings,
+    client_id: &str,
+) -> Result<BaseConsumer, KafkaFailure> {
+    client_config(settings, client_id)
+        .set("group.id", format!("{client_id}-standalone"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(KafkaFailure::Configuration)
+}
+
+/// One partition of one topic.
+pub type TopicPartition = (String, i32);
+
+/// A change of this member's assignment, seen during a poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    Assigned(Vec<TopicPartition>),
+    Revoked(Vec<TopicPartition>),
+}
+
+/// Records assignment changes as librdkafka reports them, for the runtime to act on
+/// between batches (it never has work in flight while it polls).
+#[derive(Default)]
+pub struct MembershipContext {
+    changes: Mutex<Vec<MembershipChange>>,
+}
+
+impl MembershipContext {
+    fn push(&self, change: MembershipChange) {
+        self.changes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(change);
+    }
+
+    fn has_changes(&self) -> bool {
+        !self
+            .changes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_empty()
+    }
+
+    fn take(&self) -> Vec<MembershipChange> {
+        std::mem::take(
+            &mut *self
+                .changes
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+}
+
+fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
+    list.elements()
+        .iter()
+        .map(|element| (element.topic().to_string(), element.partition()))
+        .collect()
+}
+
+impl ClientContext for MembershipContext {}
+
+impl ConsumerContext for MembershipContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            self.push(MembershipChange::Revoked(partitions_of(list)));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => self.push(MembershipChange::Assigned(partitions_of(list))),
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => tracing::error!(%error, "consumer group rebalance failed"),
+        }
+    }
+}
+
+/// A record read from an input topic, detached from the consumer.
+#[derive(Debug, Clone)]
+pub struct InputRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// The record's timestamp (Unix ms), when it has one.
+    pub timestamp: Option<i64>,
+    /// The `event_id` header, when present and numeric.
+    pub event_id: Option<u64>,
+}
+
+impl InputRecord {
+    fn from_message<M: Message>(message: &M) -> Self {
+        let event_id = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|header| header.key == EVENT_ID_HEADER)
+                .and_then(|header| header.value)
+                .and_then(|value| std::str::from_utf8(value).ok())
+                .and_then(|text| text.parse().ok())
+        });
+        Self {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            timestamp: message.timestamp().to_millis(),
+            event_id,
+        }
+    }
+
+    /// A short description for logs and dead-letter headers.
+    pub fn source(&self) -> String {
+        format!("{}[{}]@{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// Records read since the last batch, all from before `changes` happened.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub records: Vec<InputRecord>,
+    pub changes: Vec<MembershipChange>,
+}
+
+/// A member of a consumer group with manual, synchronous offset commits.
+pub struct GroupConsumer {
+    consumer: StreamConsumer<MembershipContext>,
+    /// A record that arrived after a membership change: first of the next batch.
+    held: Mutex<Option<InputRecord>>,
+}
+
+impl GroupConsumer {
+    /// Joins `group_id` and subscribes to `topics`. Assignment uses the range assignor,
+    /// which gives partition i of every topic to the same member when the topics have
+    /// equal partition counts: the co-partitioning the processor's tasks rely on.
+    pub fn join(
+        settings: &KafkaSettings,
+        group_id: &str,
+        client_id: &str,
+        topics: &[&str],
+    ) -> Result<Self, KafkaFailure> {
+        let consumer: StreamConsumer<MembershipContext> = client_config(settings, client_id)
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", "10000")
+            // Restoration and retried sink writes happen between polls.
+            .set("max.poll.interval.ms", "600000")
+            .set("heartbeat.interval.ms", "1000")
+            .create_with_context(MembershipContext::default())
+            .map_err(KafkaFailure::Configuration)?;
+        consumer
+            .subscribe(topics)
+            .map_err(KafkaFailure::Operation)?;
+        Ok(Self {
+            consumer,
+            held: Mutex::new(None),
+        })
+    }
+
+    /// Reads up to `max_records`, for at most `max_wait`, stopping early at a membership
+    /// change or at shutdown. Records of the returned batch all precede its changes.
+    pub async fn next_batch(
+        &self,
+        max_records: usize,
+        max_wait: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Batch {
+        let mut batch = Batch::default();
+        if let Some(record) = self.held.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            batch.records.push(record);
+        }
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let context = self.consumer.context();
+        while batch.records.len() < max_records && !*shutdown.borrow() {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() || context.has_changes() {
+                break;
+            }
+            let step = remaining.min(Duration::from_millis(100));
+            tokio::select! {
+                received = tokio::time::timeout(step, self.consumer.recv()) => match received {
+                    Ok(Ok(message)) => {
+                        let record = InputRecord::from_message(&message);
+                        if context.has_changes() {
+                            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(record);
+                            break;
+                        }
+                        batch.records.push(record);
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "consumer error; librdkafka retries");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(_) => {}
+                },
+                _ = shutdown.changed() => break,
+            }
+        }
+        batch.changes = context.take();
+        batch
+    }
+
+    /// Commits `next offset to read` for each partition and waits for the broker.
+    pub fn commit(&self, offsets: &BTreeMap<TopicPartition, i64>) -> Result<(), KafkaFailure> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in offsets {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(KafkaFailure::Operation)?;
+        }
+        tokio::task::block_in_place(|| self.consumer.commit(&list, CommitMode::Sync))
+            .map_err(KafkaFailure::Operation)
+    }
+
+    /// The next offset this member will read of a partition, if known.
+    pub fn position(&self, topic: &str, partition: i32) -> Option<i64> {
+        let positions = self.consumer.position().ok()?;
+        match positions.find_partition(topic, partition)?.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        }
+    }
+
+    /// Whether this member has read everything the broker holds of a partition. Before
+    /// the first record arrives the position is unknown; then the committed offset (or,
+    /// without one, the start of the partition) is where reading resumes.
+    pub fn caught_up(
+        &self,
+        topic: &str,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<bool, KafkaFailure> {
+        tokio::task::block_in_place(|| {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(topic, partition, timeout)
+                .map_err(KafkaFailure::Operation)?;
+            let resumes_at = match self.position(topic, partition) {
+                Some(position) => position,
+                None => {
+                    let mut list = TopicPartitionList::new();
+                    list.add_partition(topic, partition);
+                    let committed = self
+                        .consumer
+                        .committed_offsets(list, timeout)
+                        .map_err(KafkaFailure::Operation)?;
+                    match committed
+                        .find_partition(topic, partition)
+                        .map(|element| element.offset())
+                    {
+                        Some(Offset::Offset(offset)) => offset,
+                        _ => low,
+                    }
+                }
+            };
+            Ok(resumes_at >= high)
+        })
+    }
+
+    /// Stops fetching from the assigned partitions (consumption stays alive for
+    /// rebalances), or resumes.
+    pub fn set_paused(&self, paused: bool) -> Result<(), KafkaFailure> {
+        let assignment = self
+            .consumer
+            .assignment()
+            .map_err(KafkaFailure::Operation)?;
+        let result = if paused {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        result.map_err(KafkaFailure::Operation)
+    }
+}
+
+/// One record to produce.
+#[derive(Debug, Clone)]
+pub struct OutboundRecord {
+    pub topic: String,
+    /// `None` lets the partitioner choose by key.
+    pub partition: Option<i32>,
+    pub key: Vec<u8>,
+    /// `None` is a tombstone.
+    pub payload: Option<Vec<u8>>,
+    pub timestamp: Option<i64>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// Where a record was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Sends records and waits for every acknowledgement; records in flight are bounded by
+/// librdkafka's queue (a full queue waits for the oldest delivery).
+pub struct Outbox<'p> {
+    producer: &'p FutureProducer,
+    in_flight: VecDeque<(String, DeliveryFuture)>,
+    delivered: Vec<Delivered>,
+}
+
+impl<'p> Outbox<'p> {
+    pub fn new(producer: &'p FutureProducer) -> Self {
+        Self {
+            producer,
+            in_flight: VecDeque::new(),
+            delivered: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, record: &OutboundRecord) -> Result<(), KafkaFailure> {
+        let headers = record
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                })
+            });
+        let mut future_record = FutureRecord::<[u8], [u8]>::to(&record.topic)
+            .key(&record.key)
+            .headers(headers);
+        if let Some(payload) = &record.payload {
+            future_record = future_record.payload(payload);
+        }
+        if let Some(partition) = record.partition {
+            future_record = future_record.partition(partition);
+        }
+        if let Some(timestamp) = record.timestamp {
+            future_record = future_record.timestamp(timestamp);
+        }
+        loop {
+            match self.producer.send_result(future_record) {
+                Ok(delivery) => {
+                    self.in_flight
+                        .push_back((record.topic.to_string(), delivery));
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    future_record = returned;
+                    if !self.await_oldest().await? {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                Err((error, _)) => return Err(KafkaFailure::Operation(error)),
+            }
+        }
+    }
+
+    /// Waits for all acknowledgements; fails on the first record the broker did not take.
+    pub async fn flush(mut self) -> Result<Vec<Delivered>, KafkaFailure> {
+        while self.await_oldest().await? {}
+        Ok(self.delivered)
+    }
+
+    async fn await_oldest(&mut self) -> Result<bool, KafkaFailure> {
+        let Some((topic, delivery)) = self.in_flight.pop_front() else {
+            return Ok(false);
+        };
+        match delivery.await {
+            Ok(Ok(delivery)) => {
+                self.delivered.push(Delivered {
+                    topic,
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                });
+                Ok(true)
+            }
+            Ok(Err((error, _))) => Err(KafkaFailure::Operation(error)),
+            Err(_) => Err(KafkaFailure::Operation(KafkaError::Canceled)),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The feedstream topology: the public event schema, topic layout, the pure feed logic
+//! with its reference model, and the Kafka runtime that drives it.
+
+pub mod dead_letter;
+pub mod event;
+pub mod feed;
+pub mod ids;
+pub mod kafka;
+pub mod metrics;
+pub mod model;
+pub mod processor;
+pub mod publisher;
+pub mod rebuild;
+pub mod state;
+pub mod stream_time;
+pub mod topics;

@@ -1,0 +1,548 @@
+//! The processor: one consumer-group member running the feed topology for the tasks it
+//! is assigned. Task i owns partition i of post-events and follow-events and the
+//! stores of partition i.
+//!
+//! One cycle: read a batch (never with work in flight, so a rebalance in the middle of a
+//! read finds nothing to finish); route records to their tasks; each task applies them
+//! in stream-time order, its store writes captured for the changelog; send feed changes,
+//! dead letters and changelog records; wait for every acknowledgement; commit the input
+//! offsets. An offset is therefore committed only after all it caused is durable.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use feedstream_stores::{RocksDbStore, StoreError};
+use rdkafka::producer::FutureProducer;
+use tokio::sync::watch;
+
+use crate::dead_letter::{dead_letter, Stage};
+use crate::event::{Envelope, FeedEvent, InputTopic, EVENT_ID_HEADER, FEED_EVENT_VERSION};
+use crate::feed::{apply, TaskStores};
+use crate::kafka::{
+    self, Delivered, GroupConsumer, InputRecord, KafkaFailure, KafkaSettings, MembershipChange,
+    OutboundRecord, Outbox, TopicPartition,
+};
+use crate::metrics::{ProcessorMetrics, StoreLabels, TopicLabel};
+use crate::state::{Checkpoint, StateError, StateOpener};
+use crate::stream_time::{self, EmptyInput, Next, StreamTime};
+use crate::topics::{verify_layout, Topics, TopicsError, STORES};
+
+#[derive(Debug, Clone)]
+pub struct ProcessorSettings {
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+    /// Stores live under `<state_dir>/<application-id>/task-<i>/<store>`.
+    pub state_dir: PathBuf,
+    /// N: how many of an author's newest posts a new follower receives.
+    pub backfill: usize,
+    pub max_batch_records: usize,
+    pub max_batch_wait: Duration,
+    /// How long a task waits for a lagging input before processing the other anyway.
+    pub max_task_idle: Duration,
+    pub client_id: String,
+}
+
+/// Why the processor stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error(transparent)]
+    Layout(#[from] TopicsError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaFailure),
+    #[error("state store of task {task} failed: {source}")]
+    Store {
+        task: i32,
+        #[source]
+        source: StoreError,
+    },
+    #[error("state of task {task}: {source}")]
+    State {
+        task: i32,
+        #[source]
+        source: StateError,
+    },
+}
+
+impl ProcessorError {
+    /// Whether restarting the processor can help (it resumes from the last commit).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ProcessorError::Layout(error) => error.is_retriable(),
+            ProcessorError::Kafka(error) => error.is_retriable(),
+            ProcessorError::Store { .. } => false,
+            ProcessorError::State { source, .. } => source.is_retriable(),
+        }
+    }
+}
+
+struct Task {
+    partition: i32,
+    dir: PathBuf,
+    stores: TaskStores<RocksDbStore>,
+    /// Next changelog offset each store reflects, as acknowledged by the broker.
+    positions: BTreeMap<&'static str, i64>,
+    posts: VecDeque<InputRecord>,
+    follows: VecDeque<InputRecord>,
+    /// Since when the task has been waiting for a lagging input.
+    waiting_since: Option<Instant>,
+}
+
+impl Task {
+    /// Opens the task's stores and restores them to the end of their changelogs before
+    /// the task processes anything.
+    fn open(
+        settings: &ProcessorSettings,
+        partition: i32,
+        metrics: &ProcessorMetrics,
+    ) -> Result<Self, StateError> {
+        let dir = task_dir(
+            &settings.state_dir,
+            &settings.topics.application_id,
+            partition,
+        );
+        let opener = StateOpener {
+            kafka: &settings.kafka,
+            topics: &settings.topics,
+            task_dir: &dir,
+            partition,
+        };
+        let opened = opener.open(&mut |store, records| {
+            tracing::debug!(task = partition, store, records, "restoring");
+        })?;
+        let mut positions = BTreeMap::new();
+        for outcome in &opened.restored {
+            positions.insert(outcome.store, outcome.position);
+            metrics.restored_records.inc_by(outcome.records);
+            metrics
+                .restore_seconds
+                .observe(outcome.elapsed.as_secs_f64());
+            if outcome.records > 0 {
+                metrics
+                    .restore_rate
+                    .set(outcome.records as f64 / outcome.elapsed.as_secs_f64().max(1e-6));
+            }
+            tracing::info!(
+                task = partition,
+                store = outcome.store,
+                records = outcome.records,
+                seconds = outcome.elapsed.as_secs_f64(),
+                full = outcome.full_restore_reason.as_deref().unwrap_or("no"),
+                "store restored"
+            );
+        }
+        Ok(Self {
+            partition,
+            dir,
+            stores: TaskStores::new(
+                opened.followers,
+                opened.recent_posts,
+                settings.backfill,
+                settings.max_batch_records,
+            ),
+            positions,
+            posts: VecDeque::new(),
+            follows: VecDeque::new(),
+            waiting_since: None,
+        })
+    }
+
+    /// Syncs the stores and records the changelog positions they reflect.
+    fn checkpoint(&mut self, full_flush: bool) -> Result<(), StateError> {
+        for name in STORES {
+            if let Some(store) = self.stores.store_mut(name) {
+                if full_flush {
+                    store.flush()?;
+                } else {
+                    store.sync_wal()?;
+                }
+            }
+        }
+        Checkpoint {
+            offsets: self
+                .positions
+                .iter()
+                .map(|(store, offset)| (store.to_string(), *offset))
+                .collect(),
+        }
+        .write(&self.dir)
+    }
+
+    fn close(mut self) -> Result<(), StateError> {
+        self.checkpoint(true)
+    }
+
+    fn record_sizes(&mut self, metrics: &ProcessorMetrics) {
+        for name in STORES {
+            if let Some(store) = self.stores.store_mut(name) {
+                metrics
+                    .store_size_bytes
+                    .get_or_create(&StoreLabels {
+                        task: self.partition,
+                        store: name,
+                    })
+                    .set(store.approximate_size_bytes() as i64);
+            }
+        }
+    }
+}
+
+/// Directory of one task's stores.
+pub fn task_dir(state_dir: &Path, application_id: &str, partition: i32) -> PathBuf {
+    state_dir
+        .join(application_id)
+        .join(format!("task-{partition}"))
+}
+
+fn stream_time(record: &InputRecord) -> StreamTime {
+    (
+        record.timestamp.unwrap_or(i64::MIN),
+        record.event_id.unwrap_or(0),
+    )
+}
+
+/// Runs the processor until `shutdown` turns true, then finishes the batch in hand,
+/// commits and closes its stores.
+pub async fn run(
+    settings: ProcessorSettings,
+    metrics: ProcessorMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ProcessorError> {
+    let partitions = verify_layout(&settings.kafka, &settings.topics, true)?;
+    let topics = &settings.topics;
+    let consumer = GroupConsumer::join(
+        &settings.kafka,
+        &topics.processor_group(),
+        &settings.client_id,
+        &[&topics.post_events, &topics.follow_events],
+    )?;
+    let producer = kafka::producer(&settings.kafka, &settings.client_id)?;
+    tracing::info!(partitions, group = %topics.processor_group(), "processor started");
+
+    let mut runtime = Runtime {
+        settings: &settings,
+        consumer,
+        producer,
+        metrics,
+        assigned: BTreeSet::new(),
+        tasks: BTreeMap::new(),
+    };
+    let result = runtime.run(&mut shutdown).await;
+    let closed = runtime.close_all_tasks();
+    tracing::info!("processor stopped");
+    result.and(closed)
+}
+
+struct Runtime<'s> {
+    settings: &'s ProcessorSettings,
+    consumer: GroupConsumer,
+    producer: FutureProducer,
+    metrics: ProcessorMetrics,
+    assigned: BTreeSet<TopicPartition>,
+    tasks: BTreeMap<i32, Task>,
+}
+
+/// What one batch produced and may commit.
+#[derive(Default)]
+struct Effects {
+    outbound: Vec<OutboundRecord>,
+    commit: BTreeMap<TopicPartition, i64>,
+    feed_changes: u64,
+    dead_letters: u64,
+    records: BTreeMap<String, u64>,
+}
+
+impl Runtime<'_> {
+    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), ProcessorError> {
+        while !*shutdown.borrow() {
+            let batch = self
+                .consumer
+                .next_batch(
+                    self.settings.max_batch_records,
+                    self.settings.max_batch_wait,
+                    shutdown,
+                )
+                .await;
+            for record in batch.records {
+                self.route(record);
+            }
+            for change in batch.changes {
+                self.apply_membership(change)?;
+            }
+            let started = Instant::now();
+            let effects = self.process_ready()?;
+            if effects.commit.is_empty() {
+                continue;
+            }
+            self.deliver_and_commit(effects).await?;
+            self.metrics
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    fn route(&mut self, record: InputRecord) {
+        let Some(task) = self.tasks.get_mut(&record.partition) else {
+            // Only possible if the group assigned one input partition without its twin;
+            // the record stays uncommitted for whoever owns the task.
+            tracing::warn!(source = %record.source(), "record for a partition without a complete task; left uncommitted");
+            return;
+        };
+        if record.topic == self.settings.topics.post_events {
+            task.posts.push_back(record);
+        } else {
+            task.follows.push_back(record);
+        }
+    }
+
+    fn apply_membership(&mut self, change: MembershipChange) -> Result<(), ProcessorError> {
+        match change {
+            MembershipChange::Revoked(partitions) => {
+                for (topic, partition) in partitions {
+                    self.assigned.remove(&(topic, partition));
+                    if let Some(task) = self.tasks.remove(&partition) {
+                        // Nothing is in flight between batches: buffered records are
+                        // simply dropped (uncommitted, the next owner reads them).
+                        task.close().map_err(|source| ProcessorError::State {
+                            task: partition,
+                            source,
+                        })?;
+                        tracing::info!(task = partition, "task revoked and closed");
+                    }
+                }
+            }
+            MembershipChange::Assigned(partitions) => {
+                self.assigned.extend(partitions);
+                let topics = &self.settings.topics;
+                let complete: Vec<i32> = self
+                    .assigned
+                    .iter()
+                    .filter(|(topic, _)| *topic == topics.post_events)
+                    .map(|(_, partition)| *partition)
+                    .filter(|partition| {
+                        self.assigned
+                            .contains(&(topics.follow_events.clone(), *partition))
+                    })
+                    .filter(|partition| !self.tasks.contains_key(partition))
+                    .collect();
+                for partition in complete {
+                    let task =
+                        Task::open(self.settings, partition, &self.metrics).map_err(|source| {
+                            ProcessorError::State {
+                                task: partition,
+                                source,
+                            }
+                        })?;
+                    self.tasks.insert(partition, task);
+                    tracing::info!(task = partition, "task assigned and opened");
+                }
+            }
+        }
+        self.metrics.active_tasks.set(self.tasks.len() as i64);
+        Ok(())
+    }
+
+    /// Applies every record that stream time allows, across all tasks.
+    fn process_ready(&mut self) -> Result<Effects, ProcessorError> {
+        let mut effects = Effects::default();
+        let partitions: Vec<i32> = self.tasks.keys().copied().collect();
+        for partition in partitions {
+            let mut asked_broker = false;
+            while let Some(record) = self.next_record(partition, &mut asked_broker) {
+                let Some(task) = self.tasks.get_mut(&partition) else {
+                    break;
+                };
+                process_record(self.settings, task, record, &mut effects).map_err(|source| {
+                    ProcessorError::Store {
+                        task: partition,
+                        source,
+                    }
+                })?;
+            }
+        }
+        Ok(effects)
+    }
+
+    /// The task's next record in stream time, if it may be processed now. Asks the
+    /// broker at most once per batch whether a lagging input is in fact caught up.
+    fn next_record(&mut self, partition: i32, asked_broker: &mut bool) -> Option<InputRecord> {
+        let task = self.tasks.get(&partition)?;
+        let posts_head = task.posts.front().map(stream_time);
+        let follows_head = task.follows.front().map(stream_time);
+        let waited = task
+            .waiting_since
+            .map_or(Duration::ZERO, |since| since.elapsed());
+        let mut empty = EmptyInput {
+            caught_up: false,
+            waited,
+        };
+        let max_idle = self.settings.max_task_idle;
+        let mut decision = stream_time::next(posts_head, follows_head, empty, max_idle);
+        if decision == Next::Wait && !*asked_broker {
+            *asked_broker = true;
+            let lagging = if posts_head.is_none() {
+                &self.settings.topics.post_events
+            } else {
+                &self.settings.topics.follow_events
+            };
+            empty.caught_up = self.caught_up(lagging, partition);
+            decision = stream_time::next(posts_head, follows_head, empty, max_idle);
+        }
+        let task = self.tasks.get_mut(&partition)?;
+        let record = match decision {
+            Next::Posts => task.posts.pop_front(),
+            Next::Follows => task.follows.pop_front(),
+            Next::Wait => {
+                task.waiting_since.get_or_insert_with(Instant::now);
+                None
+            }
+            Next::Idle => None,
+        };
+        if record.is_some() {
+            task.waiting_since = None;
+        }
+        record
+    }
+
+    fn caught_up(&self, topic: &str, partition: i32) -> bool {
+        self.consumer
+            .caught_up(topic, partition, Duration::from_secs(1))
+            .unwrap_or_else(|error| {
+                tracing::debug!(%error, topic, partition, "lag unknown; treating the input as lagging");
+                false
+            })
+    }
+
+    async fn deliver_and_commit(&mut self, effects: Effects) -> Result<(), ProcessorError> {
+        let mut outbox = Outbox::new(&self.producer);
+        for record in &effects.outbound {
+            outbox.send(record).await?;
+        }
+        let delivered = outbox.flush().await?;
+        self.consumer.commit(&effects.commit)?;
+        self.checkpoint_after_commit(&delivered)?;
+        for (topic, count) in effects.records {
+            self.metrics
+                .records
+                .get_or_create(&TopicLabel { topic })
+                .inc_by(count);
+        }
+        self.metrics.feed_changes.inc_by(effects.feed_changes);
+        self.metrics.dead_letters.inc_by(effects.dead_letters);
+        Ok(())
+    }
+
+    /// Moves each task's changelog positions to what the broker acknowledged, then
+    /// checkpoints the tasks that changed.
+    fn checkpoint_after_commit(&mut self, delivered: &[Delivered]) -> Result<(), ProcessorError> {
+        let changelogs: BTreeMap<String, &'static str> = STORES
+            .iter()
+            .map(|store| (self.settings.topics.changelog(store), *store))
+            .collect();
+        let mut touched = BTreeSet::new();
+        for record in delivered {
+            let Some(store) = changelogs.get(&record.topic) else {
+                continue;
+            };
+            if let Some(task) = self.tasks.get_mut(&record.partition) {
+                let position = task.positions.entry(store).or_insert(0);
+                *position = (*position).max(record.offset + 1);
+                touched.insert(record.partition);
+            }
+        }
+        for partition in touched {
+            if let Some(task) = self.tasks.get_mut(&partition) {
+                task.checkpoint(false)
+                    .map_err(|source| ProcessorError::State {
+                        task: partition,
+                        source,
+                    })?;
+                task.record_sizes(&self.metrics);
+            }
+        }
+        Ok(())
+    }
+
+    fn close_all_tasks(&mut self) -> Result<(), ProcessorError> {
+        let mut result = Ok(());
+        for (partition, task) in std::mem::take(&mut self.tasks) {
+            if let Err(source) = task.close() {
+                result = Err(ProcessorError::State {
+                    task: partition,
+                    source,
+                });
+            }
+        }
+        result
+    }
+}
+
+/// Applies one record to its task and appends what it causes to `effects`.
+fn process_record(
+    settings: &ProcessorSettings,
+    task: &mut Task,
+    record: InputRecord,
+    effects: &mut Effects,
+) -> Result<(), StoreError> {
+    let topics = &settings.topics;
+    let found_on = if record.topic == topics.post_events {
+        InputTopic::PostEvents
+    } else {
+        InputTopic::FollowEvents
+    };
+    let decoded = Envelope::decode(
+        record.payload.as_deref().unwrap_or_default(),
+        record.key.as_deref(),
+        found_on,
+    );
+    match decoded {
+        Ok(event) => {
+            let changes = apply(&event, &mut task.stores)?;
+            effects.feed_changes += changes.len() as u64;
+            for change in changes {
+                let key = change.feed_owner().to_string().into_bytes();
+                let value = FeedEvent {
+                    change,
+                    cause_event_id: event.event_id,
+                    timestamp: event.timestamp,
+                    version: FEED_EVENT_VERSION,
+                };
+                effects.outbound.push(OutboundRecord {
+                    topic: topics.feed_events.clone(),
+                    partition: None,
+                    key,
+                    payload: Some(value.to_json()),
+                    timestamp: Some(event.timestamp),
+                    headers: vec![(EVENT_ID_HEADER, event.event_id.to_string())],
+                });
+            }
+            for (store, change) in task.stores.drain_changes() {
+                effects.outbound.push(OutboundRecord {
+                    topic: topics.changelog(store),
+                    partition: Some(task.partition),
+                    key: change.key,
+                    payload: change.value,
+                    timestamp: Some(event.timestamp),
+                    headers: Vec::new(),
+                });
+            }
+        }
+        Err(invalid) => {
+            tracing::warn!(source = %record.source(), reason = %invalid, "dead-lettering input record");
+            effects.dead_letters += 1;
+            effects.outbound.push(dead_letter(
+                &topics.dead_letter,
+                &record,
+                &invalid.to_string(),
+                Stage::Processor,
+                1,
+            ));
+        }
+    }
+    *effects.records.entry(record.topic.clone()).or_default() += 1;
+    effects
+        .commit
+        .insert((record.topic, record.partition), record.offset + 1);
+    Ok(())
+}

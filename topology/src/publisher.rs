@@ -1,0 +1,136 @@
+//! Publishing input events: what the API does for every write.
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::event::{
+    Envelope, EventBody, InputTopic, InvalidEvent, ENVELOPE_VERSION, EVENT_ID_HEADER,
+};
+use crate::ids::{EventId, InvalidNodeId, PostId, SnowflakeGenerator, UserId};
+use crate::kafka::{self, KafkaFailure, KafkaSettings};
+use crate::topics::Topics;
+
+/// Why an event was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidEvent),
+    #[error("the Kafka broker did not acknowledge the event: {0}")]
+    BrokerUnavailable(#[source] KafkaError),
+    #[error("the Kafka broker did not acknowledge the event within {0:?}")]
+    Timeout(Duration),
+}
+
+impl PublishError {
+    /// Whether the same request can succeed later (the broker may come back); invalid
+    /// events never will.
+    pub fn is_retriable(&self) -> bool {
+        !matches!(self, PublishError::Invalid(_))
+    }
+}
+
+/// Builds envelopes with fresh ids and publishes them with acks=all.
+pub struct EventPublisher {
+    producer: FutureProducer,
+    topics: Topics,
+    ids: SnowflakeGenerator,
+    delivery_timeout: Duration,
+}
+
+/// Failure to set up a publisher.
+#[derive(Debug, thiserror::Error)]
+pub enum PublisherSetupError {
+    #[error(transparent)]
+    NodeId(#[from] InvalidNodeId),
+    #[error(transparent)]
+    Kafka(#[from] KafkaFailure),
+}
+
+impl EventPublisher {
+    pub fn new(
+        settings: &KafkaSettings,
+        topics: Topics,
+        node_id: u32,
+    ) -> Result<Self, PublisherSetupError> {
+        Ok(Self {
+            producer: kafka::producer(settings, &format!("feedstream-api-{node_id}"))?,
+            topics,
+            ids: SnowflakeGenerator::new(node_id)?,
+            delivery_timeout: settings.delivery_timeout,
+        })
+    }
+
+    /// A POST_CREATED whose post id is its event id.
+    pub fn post_created(&self, author: UserId, content: String) -> Envelope {
+        self.envelope(author, |id| EventBody::PostCreated {
+            post_id: PostId::new(id.get())
+                .unwrap_or_else(|_| unreachable!("event ids are valid post ids")),
+            content,
+        })
+    }
+
+    pub fn followed(&self, follower: UserId, followee: UserId) -> Envelope {
+        self.envelope(follower, |_| EventBody::Followed {
+            followee_id: followee,
+        })
+    }
+
+    pub fn unfollowed(&self, follower: UserId, followee: UserId) -> Envelope {
+        self.envelope(follower, |_| EventBody::Unfollowed {
+            followee_id: followee,
+        })
+    }
+
+    fn envelope(&self, actor: UserId, body: impl FnOnce(EventId) -> EventBody) -> Envelope {
+        let (id, timestamp) = self.ids.next();
+        let event_id =
+            EventId::new(id).unwrap_or_else(|_| unreachable!("snowflake ids are positive 63-bit"));
+        Envelope {
+            event_id,
+            body: body(event_id),
+            actor_id: actor,
+            timestamp,
+            version: ENVELOPE_VERSION,
+        }
+    }
+
+    /// Validates and publishes `event`; returns once the broker acknowledged it.
+    pub async fn publish(&self, event: &Envelope) -> Result<(), PublishError> {
+        event.validate()?;
+        let topic = match event.topic() {
+            InputTopic::PostEvents => &self.topics.post_events,
+            InputTopic::FollowEvents => &self.topics.follow_events,
+        };
+        let key = event.key().to_string();
+        let payload = event.to_json();
+        let event_id = event.event_id.to_string();
+        let record = FutureRecord::to(topic)
+            .key(&key)
+            .payload(&payload)
+            .timestamp(event.timestamp)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: EVENT_ID_HEADER,
+                value: Some(&event_id),
+            }));
+        // librdkafka fails the delivery after message.timeout.ms; the outer bound only
+        // guards against a wedged client.
+        let bound = self.delivery_timeout + Duration::from_secs(2);
+        match tokio::time::timeout(bound, self.producer.send(record, Duration::ZERO)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((error, _))) => Err(PublishError::BrokerUnavailable(error)),
+            Err(_) => Err(PublishError::Timeout(bound)),
+        }
+    }
+
+    /// Asks the broker for the input topics' metadata: the API's health check.
+    pub fn check_broker(&self, timeout: Duration) -> Result<(), KafkaError> {
+        use rdkafka::producer::Producer;
+        self.producer
+            .client()
+            .fetch_metadata(Some(&self.topics.post_events), timeout)
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,310 @@
+//! `feedstream rebuild-state`: wipe one store of every task and rebuild it, from its
+//! changelog or from its source topic, printing a digest to compare rebuilds.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use feedstream_stores::{
+    InMemoryStore, KeyValueStore, RocksDbStore, StoreDigest, FOLLOWERS_STORE, RECENT_POSTS_STORE,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::event::{Envelope, InputTopic};
+use crate::feed::{apply, TaskStores};
+use crate::kafka::{self, KafkaFailure, KafkaSettings, OutboundRecord, Outbox};
+use crate::processor::task_dir;
+use crate::state::{replay_changelog, Checkpoint, StateError, StateOpener};
+use crate::topics::{verify_layout, Topics, TopicsError};
+
+#[derive(Debug, Clone)]
+pub struct RebuildSettings {
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+    pub state_dir: PathBuf,
+    /// `followers` or `recent-posts`.
+    pub store: &'static str,
+    /// Rebuild by replaying the source topic instead of the changelog.
+    pub from_source: bool,
+    /// The processor's N and batch size: recent-posts' capacity depends on them.
+    pub backfill: usize,
+    pub max_batch_records: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error(transparent)]
+    Layout(#[from] TopicsError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaFailure),
+    #[error(
+        "store {path} is in use ({reason}); stop the processor that uses this --state-dir first"
+    )]
+    InUse { path: String, reason: String },
+}
+
+/// One task's rebuilt store.
+#[derive(Debug, Clone)]
+pub struct RebuiltTask {
+    pub partition: i32,
+    pub records: u64,
+    pub elapsed: Duration,
+    pub digest: StoreDigest,
+    /// Records sent to the changelog to make it match a rebuild from source.
+    pub republished: u64,
+}
+
+/// Combines the digests of every task, in task order.
+pub fn combined_digest(tasks: &[RebuiltTask]) -> StoreDigest {
+    let mut combined = StoreDigest::default();
+    for task in tasks {
+        let mut summary = task.digest.entries.to_be_bytes().to_vec();
+        summary.extend(task.digest.hash.to_be_bytes());
+        combined.add(&task.partition.to_be_bytes(), &summary);
+    }
+    combined.entries = tasks.iter().map(|task| task.digest.entries).sum();
+    combined
+}
+
+/// Rebuilds `settings.store` for every task; `progress(partition, records)` is called
+/// as records are applied.
+pub async fn rebuild_state(
+    settings: &RebuildSettings,
+    progress: &mut dyn FnMut(i32, u64),
+) -> Result<Vec<RebuiltTask>, RebuildError> {
+    let partitions = verify_layout(&settings.kafka, &settings.topics, true)?;
+    let mut rebuilt = Vec::new();
+    for partition in 0..partitions {
+        let started = Instant::now();
+        let dir = task_dir(
+            &settings.state_dir,
+            &settings.topics.application_id,
+            partition,
+        );
+        let path = dir.join(settings.store);
+        let mut checkpoint = Checkpoint::read(&dir).ok().flatten().unwrap_or_default();
+        if path.exists() {
+            // Opening takes RocksDB's lock: a running processor makes this fail.
+            RocksDbStore::open(&path).map_err(|error| RebuildError::InUse {
+                path: path.display().to_string(),
+                reason: error.to_string(),
+            })?;
+            // The checkpoint must stop vouching for the store before it is wiped.
+            if checkpoint.offsets.remove(settings.store).is_some() {
+                checkpoint.write(&dir)?;
+            }
+            RocksDbStore::destroy(&path).map_err(StateError::from)?;
+        }
+        let opener = StateOpener {
+            kafka: &settings.kafka,
+            topics: &settings.topics,
+            task_dir: &dir,
+            partition,
+        };
+        let (store, records, position, republished) = if settings.from_source {
+            rebuild_from_source(settings, partition, &path, progress).await?
+        } else {
+            let (store, restored) =
+                opener.open_store(settings.store, None, &mut |_, n| progress(partition, n))?;
+            (store, restored.records, restored.position, 0)
+        };
+        checkpoint
+            .offsets
+            .insert(settings.store.to_string(), position);
+        store.flush().map_err(StateError::from)?;
+        checkpoint.write(&dir)?;
+        rebuilt.push(RebuiltTask {
+            partition,
+            records,
+            elapsed: started.elapsed(),
+            digest: store.digest().map_err(StateError::from)?,
+            republished,
+        });
+    }
+    Ok(rebuilt)
+}
+
+/// Replays the store's source topic through the topology logic into a fresh store, then
+/// sends the changelog whatever makes it equal to the result.
+async fn rebuild_from_source(
+    settings: &RebuildSettings,
+    partition: i32,
+    path: &std::path::Path,
+    progress: &mut dyn FnMut(i32, u64),
+) -> Result<(RocksDbStore, u64, i64, u64), RebuildError> {
+    let (source, found_on) = match settings.store {
+        FOLLOWERS_STORE => (&settings.topics.follow_events, InputTopic::FollowEvents),
+        _ => (&settings.topics.post_events, InputTopic::PostEvents),
+    };
+    let scratch = tempfile::tempdir().map_err(|source| StateError::Checkpoint {
+        path: "temporary directory".into(),
+        source,
+    })?;
+    let target = RocksDbStore::open(path).map_err(StateError::from)?;
+    // The other store stays empty: events of one source only write their own store.
+    let other = RocksDbStore::open(&scratch.path().join("other")).map_err(StateError::from)?;
+    let (followers, recent) = if settings.store == FOLLOWERS_STORE {
+        (target, other)
+    } else {
+        (other, target)
+    };
+    let mut stores = TaskStores::new(
+        followers,
+        recent,
+        settings.backfill,
+        settings.max_batch_records,
+    );
+
+    let consumer = kafka::standalone_consumer(
+        &settings.kafka,
+        &format!("{}-rebuild", settings.topics.application_id),
+    )?;
+    let records = read_source(
+        &consumer,
+        source,
+        partition,
+        &mut |payload, key| {
+            if let Ok(event) = Envelope::decode(payload, key, found_on) {
+                apply(&event, &mut stores)?;
+                stores.drain_changes();
+            }
+            Ok(())
+        },
+        &mut |n| progress(partition, n),
+    )?;
+
+    let name = settings.store;
+    let store = match name {
+        FOLLOWERS_STORE => stores.store_mut(FOLLOWERS_STORE),
+        _ => stores.store_mut(RECENT_POSTS_STORE),
+    }
+    .ok_or(RebuildError::InUse {
+        path: path.display().to_string(),
+        reason: "unknown store".into(),
+    })?;
+
+    // What the changelog holds now, to send only the difference.
+    let changelog = settings.topics.changelog(name);
+    let (low, high) = consumer
+        .fetch_watermarks(&changelog, partition, Duration::from_secs(10))
+        .map_err(KafkaFailure::Operation)?;
+    let mut logged = InMemoryStore::default();
+    replay_changelog(
+        &consumer,
+        &changelog,
+        partition,
+        low,
+        high,
+        &mut logged,
+        &mut |_| {},
+    )?;
+    let rebuilt_entries = store.scan_prefix(&[]).map_err(StateError::from)?;
+    let mut outbound = Vec::new();
+    for (key, value) in &rebuilt_entries {
+        if logged.get(key).map_err(StateError::from)?.as_ref() != Some(value) {
+            outbound.push((key.clone(), Some(value.clone())));
+        }
+    }
+    let rebuilt_keys: std::collections::BTreeSet<&Vec<u8>> =
+        rebuilt_entries.iter().map(|(key, _)| key).collect();
+    for (key, _) in logged.scan_prefix(&[]).map_err(StateError::from)? {
+        if !rebuilt_keys.contains(&key) {
+            outbound.push((key, None));
+        }
+    }
+    let producer = kafka::producer(
+        &settings.kafka,
+        &format!("{}-rebuild", settings.topics.application_id),
+    )?;
+    let mut outbox = Outbox::new(&producer);
+    for (key, value) in &outbound {
+        outbox
+            .send(&OutboundRecord {
+                topic: changelog.clone(),
+                partition: Some(partition),
+                key: key.clone(),
+                payload: value.clone(),
+                timestamp: None,
+                headers: Vec::new(),
+            })
+            .await?;
+    }
+    let delivered = outbox.flush().await?;
+    let position = delivered
+        .iter()
+        .map(|d| d.offset + 1)
+        .max()
+        .unwrap_or(high)
+        .max(high);
+
+    let store = into_store(stores, name);
+    Ok((store, records, position, outbound.len() as u64))
+}
+
+fn into_store(stores: TaskStores<RocksDbStore>, name: &str) -> RocksDbStore {
+    let (followers, recent) = stores.into_stores();
+    if name == FOLLOWERS_STORE {
+        followers
+    } else {
+        recent
+    }
+}
+
+/// Called with each source record's payload and key.
+type RecordHandler<'a> =
+    dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), feedstream_stores::StoreError> + 'a;
+
+/// Reads a partition from its beginning to its current end, calling `each` per record.
+fn read_source(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    each: &mut RecordHandler<'_>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, RebuildError> {
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .map_err(KafkaFailure::Operation)?;
+    if low >= high {
+        return Ok(0);
+    }
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(low))
+        .map_err(KafkaFailure::Operation)?;
+    consumer.assign(&list).map_err(KafkaFailure::Operation)?;
+    let mut count = 0u64;
+    let mut next = low;
+    let mut quiet_since = Instant::now();
+    while next < high {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                quiet_since = Instant::now();
+                each(message.payload().unwrap_or_default(), message.key())
+                    .map_err(StateError::from)?;
+                count += 1;
+                next = message.offset() + 1;
+                if count % 10_000 == 0 {
+                    progress(count);
+                }
+            }
+            Some(Err(error)) => return Err(KafkaFailure::Operation(error).into()),
+            None if quiet_since.elapsed() > Duration::from_secs(60) => {
+                return Err(StateError::Restore {
+                    topic: topic.to_string(),
+                    partition,
+                    reached: next,
+                    end: high,
+                    reason: "no records for 60 s".into(),
+                }
+                .into())
+            }
+            None => {}
+        }
+    }
+    consumer.unassign().map_err(KafkaFailure::Operation)?;
+    progress(count);
+    Ok(count)
+}

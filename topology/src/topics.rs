@@ -1,0 +1,344 @@
+//! Topic names, their creation, and the start-up check of the co-partitioning that tasks
+//! rely on.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::kafka::{KafkaFailure, KafkaSettings};
+use feedstream_stores::{FOLLOWERS_STORE, RECENT_POSTS_STORE};
+
+/// The stores of the feed topology, each with a changelog topic.
+pub const STORES: [&str; 2] = [FOLLOWERS_STORE, RECENT_POSTS_STORE];
+
+/// Names of every topic of one deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub post_events: String,
+    pub follow_events: String,
+    pub feed_events: String,
+    pub dead_letter: String,
+    /// Prefix of changelog topics and consumer groups: `<application-id>-…`.
+    pub application_id: String,
+}
+
+impl Topics {
+    /// The default names behind an optional prefix (which lets tests and several
+    /// deployments share a broker).
+    pub fn new(prefix: &str, application_id: &str) -> Self {
+        Self {
+            post_events: format!("{prefix}post-events"),
+            follow_events: format!("{prefix}follow-events"),
+            feed_events: format!("{prefix}feed-events"),
+            dead_letter: format!("{prefix}dead-letter-events"),
+            application_id: application_id.to_string(),
+        }
+    }
+
+    pub fn changelog(&self, store: &str) -> String {
+        format!("{}-{store}-changelog", self.application_id)
+    }
+
+    pub fn processor_group(&self) -> String {
+        format!("{}-processor", self.application_id)
+    }
+
+    pub fn sink_group(&self) -> String {
+        format!("{}-sink", self.application_id)
+    }
+}
+
+/// How `topics create` makes topics.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicSpec {
+    /// Partitions of the two inputs, and so of the changelogs (one per task).
+    pub partitions: i32,
+    /// Partitions of feed-events and dead-letter-events, which no task reads.
+    pub output_partitions: i32,
+    pub replication: i32,
+}
+
+/// A topic layout that cannot work, or could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicsError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaFailure),
+    #[error("topics {missing:?} do not exist on the broker. Create them with `feedstream topics create` (same --topic-prefix and --application-id).")]
+    Missing { missing: Vec<String> },
+    #[error("{first} has {first_count} partitions but {second} has {second_count}. Task i joins partition i of both, so they must match. Recreate them with `feedstream topics create --partitions N` (deleting both first), or add partitions to the smaller one and rebuild state with `feedstream rebuild-state --from-source`, since keys move.")]
+    PartitionMismatch {
+        first: String,
+        first_count: i32,
+        second: String,
+        second_count: i32,
+    },
+    #[error("could not create topic {topic}: {code}")]
+    Creation {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+}
+
+impl TopicsError {
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, TopicsError::Kafka(failure) if failure.is_retriable())
+    }
+}
+
+/// The check behind every command: inputs exist and are co-partitioned, and so are the
+/// changelogs when `with_changelogs`. Returns the input partition count.
+pub fn check_layout(
+    partition_counts: &BTreeMap<String, i32>,
+    topics: &Topics,
+    with_changelogs: bool,
+) -> Result<i32, TopicsError> {
+    let mut required = vec![topics.post_events.clone(), topics.follow_events.clone()];
+    if with_changelogs {
+        required.extend(STORES.iter().map(|store| topics.changelog(store)));
+    }
+    let missing: Vec<String> = required
+        .iter()
+        .filter(|topic| !partition_counts.contains_key(*topic))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(TopicsError::Missing { missing });
+    }
+    let count = |topic: &String| partition_counts.get(topic).copied().unwrap_or(0);
+    let inputs = count(&topics.post_events);
+    for other in &required[1..] {
+        if count(other) != inputs {
+            return Err(TopicsError::PartitionMismatch {
+                first: topics.post_events.clone(),
+                first_count: inputs,
+                second: other.clone(),
+                second_count: count(other),
+            });
+        }
+    }
+    Ok(inputs)
+}
+
+fn admin(settings: &KafkaSettings) -> Result<AdminClient<DefaultClientContext>, KafkaFailure> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .create()
+        .map_err(KafkaFailure::Configuration)
+}
+
+/// Partition counts of every topic the broker knows.
+pub fn partition_counts(
+    settings: &KafkaSettings,
+    timeout: Duration,
+) -> Result<BTreeMap<String, i32>, KafkaFailure> {
+    let admin = admin(settings)?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, timeout)
+        .map_err(|source| KafkaFailure::Unreachable {
+            brokers: settings.brokers.clone(),
+            source,
+        })?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|topic| topic.error().is_none())
+        .map(|topic| (topic.name().to_string(), topic.partitions().len() as i32))
+        .collect())
+}
+
+/// Fetches the layout from the broker and checks it (see [`check_layout`]).
+pub fn verify_layout(
+    settings: &KafkaSettings,
+    topics: &Topics,
+    with_changelogs: bool,
+) -> Result<i32, TopicsError> {
+    let counts = partition_counts(settings, Duration::from_secs(10))?;
+    check_layout(&counts, topics, with_changelogs)
+}
+
+/// What `topics create` did with one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicOutcome {
+    pub topic: String,
+    pub partitions: i32,
+    pub created: bool,
+}
+
+/// Creates every topic that is missing; existing ones are left as they are. Then checks
+/// the layout, so a pre-existing mismatch is reported rather than hidden.
+pub async fn create_topics(
+    settings: &KafkaSettings,
+    topics: &Topics,
+    spec: TopicSpec,
+) -> Result<Vec<TopicOutcome>, TopicsError> {
+    // Inputs are the source of truth for rebuilds: keep them forever.
+    let keep_forever = vec![("cleanup.policy", "delete"), ("retention.ms", "-1")];
+    let mut wanted = vec![
+        WantedTopic::new(&topics.post_events, spec.partitions, keep_forever.clone()),
+        WantedTopic::new(&topics.follow_events, spec.partitions, keep_forever),
+        WantedTopic::new(
+            &topics.feed_events,
+            spec.output_partitions,
+            vec![("cleanup.policy", "delete")],
+        ),
+        WantedTopic::new(
+            &topics.dead_letter,
+            spec.output_partitions,
+            vec![("cleanup.policy", "delete")],
+        ),
+    ];
+    for store in STORES {
+        wanted.push(WantedTopic::new(
+            &topics.changelog(store),
+            spec.partitions,
+            vec![("cleanup.policy", "compact")],
+        ));
+    }
+
+    let existing = partition_counts(settings, Duration::from_secs(10))?;
+    let to_create: Vec<NewTopic<'_>> = wanted
+        .iter()
+        .filter(|topic| !existing.contains_key(&topic.name))
+        .map(|topic| {
+            topic.configs.iter().fold(
+                NewTopic::new(
+                    &topic.name,
+                    topic.partitions,
+                    TopicReplication::Fixed(spec.replication),
+                ),
+                |new_topic, (key, value)| new_topic.set(key, value),
+            )
+        })
+        .collect();
+    if !to_create.is_empty() {
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin(settings)?
+            .create_topics(to_create.iter(), &options)
+            .await
+            .map_err(KafkaFailure::Operation)?;
+        for result in results {
+            match result {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(TopicsError::Creation { topic, code }),
+            }
+        }
+    }
+
+    let counts = wait_for_topics(settings, wanted.iter().map(|topic| topic.name.as_str())).await?;
+    check_layout(&counts, topics, true)?;
+    Ok(wanted
+        .into_iter()
+        .map(|topic| TopicOutcome {
+            partitions: counts.get(&topic.name).copied().unwrap_or(0),
+            created: !existing.contains_key(&topic.name),
+            topic: topic.name,
+        })
+        .collect())
+}
+
+/// A topic `topics create` makes when it is missing.
+struct WantedTopic {
+    name: String,
+    partitions: i32,
+    configs: Vec<(&'static str, &'static str)>,
+}
+
+impl WantedTopic {
+    fn new(name: &str, partitions: i32, configs: Vec<(&'static str, &'static str)>) -> Self {
+        Self {
+            name: name.to_string(),
+            partitions,
+            configs,
+        }
+    }
+}
+
+/// Metadata can lag behind a creation; poll until every topic is visible.
+async fn wait_for_topics<'a>(
+    settings: &KafkaSettings,
+    names: impl Iterator<Item = &'a str> + Clone,
+) -> Result<BTreeMap<String, i32>, KafkaFailure> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let counts = partition_counts(settings, Duration::from_secs(10))?;
+        if names
+            .clone()
+            .all(|name| counts.get(name).is_some_and(|count| *count > 0))
+            || tokio::time::Instant::now() > deadline
+        {
+            return Ok(counts);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(entries: &[(&str, i32)]) -> BTreeMap<String, i32> {
+        entries
+            .iter()
+            .map(|(name, count)| (name.to_string(), *count))
+            .collect()
+    }
+
+    #[test]
+    fn refuses_inputs_with_different_partition_counts() {
+        let topics = Topics::new("", "app");
+        let error = check_layout(
+            &counts(&[("post-events", 6), ("follow-events", 3)]),
+            &topics,
+            false,
+        )
+        .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("post-events has 6 partitions but follow-events has 3"),
+            "{message}"
+        );
+        assert!(
+            message.contains("feedstream topics create --partitions"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn names_missing_topics_and_the_fix() {
+        let topics = Topics::new("t-", "app");
+        let error = check_layout(
+            &counts(&[("t-post-events", 6), ("t-follow-events", 6)]),
+            &topics,
+            true,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&error, TopicsError::Missing { missing } if missing == &["app-followers-changelog", "app-recent-posts-changelog"])
+        );
+        assert!(error.to_string().contains("feedstream topics create"));
+    }
+
+    #[test]
+    fn accepts_a_co_partitioned_layout() {
+        let topics = Topics::new("", "app");
+        let layout = counts(&[
+            ("post-events", 4),
+            ("follow-events", 4),
+            ("app-followers-changelog", 4),
+            ("app-recent-posts-changelog", 4),
+        ]);
+        assert_eq!(check_layout(&layout, &topics, true).unwrap(), 4);
+        let mut wrong_changelog = layout.clone();
+        wrong_changelog.insert("app-followers-changelog".into(), 2);
+        assert!(matches!(
+            check_layout(&wrong_changelog, &topics, true),
+            Err(TopicsError::PartitionMismatch { .. })
+        ));
+    }
+}
