@@ -22,4 +22,4 @@ export FEEDSTREAM_TEST_REDIS_URL="redis://127.0.0.1:6379"
 export FEEDSTREAM_TEST_TANSU="$TANSU"
 
 say "running the test suite (unit, property, integration and end-to-end tests)"
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"

@@ -69,6 +69,9 @@ pub struct GlobalArgs {
         default_value = "feedstream"
     )]
     pub application_id: String,
+    /// librdkafka debug contexts to log (e.g. `cgrp,fetch`), for diagnosing Kafka clients.
+    #[arg(long, global = true, env = "FEEDSTREAM_KAFKA_DEBUG")]
+    pub kafka_debug: Option<String>,
     /// Log line format.
     #[arg(
         long,

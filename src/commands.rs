@@ -146,6 +146,7 @@ fn clone_global(global: &GlobalArgs) -> GlobalArgs {
         redis_prefix: global.redis_prefix.clone(),
         topic_prefix: global.topic_prefix.clone(),
         application_id: global.application_id.clone(),
+        kafka_debug: global.kafka_debug.clone(),
         log_format: global.log_format,
     }
 }
@@ -184,6 +185,7 @@ fn kafka(global: &GlobalArgs, delivery_timeout: Duration) -> KafkaSettings {
     KafkaSettings {
         brokers: global.brokers.clone(),
         delivery_timeout,
+        debug: global.kafka_debug.clone(),
     }
 }
 

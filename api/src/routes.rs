@@ -64,36 +64,38 @@ pub async fn serve(
 
 pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let metrics = state.metrics.clone();
+    // Paths before methods: an unknown path is a 404, a known one with the wrong
+    // method a 405.
     let with_state = warp::any().map(move || state.clone());
 
-    let create_post = warp::post()
-        .and(warp::path!("posts"))
+    let create_post = warp::path!("posts")
+        .and(warp::post())
         .and(caller())
         .and(json_body::<NewPost>())
         .and(with_state.clone())
         .and_then(create_post);
-    let follow = warp::post()
-        .and(warp::path!("follows"))
+    let follow = warp::path!("follows")
+        .and(warp::post())
         .and(caller())
         .and(json_body::<NewFollow>())
         .and(with_state.clone())
         .and_then(follow);
-    let unfollow = warp::delete()
-        .and(warp::path!("follows" / String))
+    let unfollow = warp::path!("follows" / String)
+        .and(warp::delete())
         .and(caller())
         .and(with_state.clone())
         .and_then(unfollow);
-    let feed = warp::get()
-        .and(warp::path!("feeds" / String))
+    let feed = warp::path!("feeds" / String)
+        .and(warp::get())
         .and(warp::query::<FeedQuery>())
         .and(with_state.clone())
         .and_then(feed);
-    let health = warp::get()
-        .and(warp::path!("health"))
+    let health = warp::path!("health")
+        .and(warp::get())
         .and(with_state.clone())
         .then(health_check);
-    let metrics_route = warp::get()
-        .and(warp::path!("metrics"))
+    let metrics_route = warp::path!("metrics")
+        .and(warp::get())
         .and(with_state)
         .map(|state: ApiState| metrics_text(&state.registry));
 

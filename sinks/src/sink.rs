@@ -43,7 +43,7 @@ pub async fn run(
 ) -> Result<(), SinkError> {
     verify_layout(&settings.kafka, &settings.topics, false)?;
     let topics = &settings.topics;
-    let consumer = GroupConsumer::join(
+    let mut consumer = GroupConsumer::join(
         &settings.kafka,
         &settings.group_id,
         &settings.client_id,

@@ -24,6 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let settings = KafkaSettings {
         brokers,
         delivery_timeout: Duration::from_secs(300),
+        debug: None,
     };
     let topics = Topics::new("bench-", "bench");
     create_topics(

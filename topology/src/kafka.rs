@@ -26,6 +26,8 @@ pub struct KafkaSettings {
     /// How long a produced record may wait for the broker's acknowledgement before the
     /// send fails. The API keeps it short (it answers a person); runtimes keep it long.
     pub delivery_timeout: Duration,
+    /// librdkafka debug contexts (e.g. `cgrp,fetch`), for diagnosing the client.
+    pub debug: Option<String>,
 }
 
 /// A Kafka failure, and whether trying again later can succeed.
@@ -63,10 +65,10 @@ fn client_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
     config
         .set("bootstrap.servers", &settings.brokers)
         .set("client.id", client_id)
-        // Java clients' default partitioner, so that records keyed by a user id land in
-        // the same partition whichever client produced them.
-        .set("partitioner", "murmur2_random")
         .set("socket.timeout.ms", "10000");
+    if let Some(contexts) = &settings.debug {
+        config.set("debug", contexts);
+    }
     config
 }
 
@@ -74,6 +76,9 @@ fn client_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
 /// delivery timeout.
 pub fn producer(settings: &KafkaSettings, client_id: &str) -> Result<FutureProducer, KafkaFailure> {
     client_config(settings, client_id)
+        // Java clients' default partitioner, so that records keyed by a user id land in
+        // the same partition whichever client produced them.
+        .set("partitioner", "murmur2_random")
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
@@ -219,8 +224,11 @@ pub struct Batch {
 pub struct GroupConsumer {
     consumer: StreamConsumer<MembershipContext>,
     /// A record that arrived after a membership change: first of the next batch.
-    held: Mutex<Option<InputRecord>>,
+    held: Option<InputRecord>,
 }
+
+/// How long the group waits for a silent member before it gives its partitions away.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl GroupConsumer {
     /// Joins `group_id` and subscribes to `topics`. Assignment uses the range assignor,
@@ -232,16 +240,21 @@ impl GroupConsumer {
         client_id: &str,
         topics: &[&str],
     ) -> Result<Self, KafkaFailure> {
-        let consumer: StreamConsumer<MembershipContext> = client_config(settings, client_id)
+        let mut config = client_config(settings, client_id);
+        config
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range")
-            .set("session.timeout.ms", "10000")
-            // Restoration and retried sink writes happen between polls.
-            .set("max.poll.interval.ms", "600000")
+            .set(
+                "session.timeout.ms",
+                SESSION_TIMEOUT.as_millis().to_string(),
+            )
             .set("heartbeat.interval.ms", "1000")
+            // Restoration and retried sink writes happen between polls.
+            .set("max.poll.interval.ms", "300000");
+        let consumer: StreamConsumer<MembershipContext> = config
             .create_with_context(MembershipContext::default())
             .map_err(KafkaFailure::Configuration)?;
         consumer
@@ -249,27 +262,26 @@ impl GroupConsumer {
             .map_err(KafkaFailure::Operation)?;
         Ok(Self {
             consumer,
-            held: Mutex::new(None),
+            held: None,
         })
     }
 
     /// Reads up to `max_records`, for at most `max_wait`, stopping early at a membership
     /// change or at shutdown. Records of the returned batch all precede its changes.
     pub async fn next_batch(
-        &self,
+        &mut self,
         max_records: usize,
         max_wait: Duration,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Batch {
         let mut batch = Batch::default();
-        if let Some(record) = self.held.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(record) = self.held.take() {
             batch.records.push(record);
         }
         let deadline = tokio::time::Instant::now() + max_wait;
-        let context = self.consumer.context();
         while batch.records.len() < max_records && !*shutdown.borrow() {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if remaining.is_zero() || context.has_changes() {
+            if remaining.is_zero() || self.consumer.context().has_changes() {
                 break;
             }
             let step = remaining.min(Duration::from_millis(100));
@@ -277,8 +289,8 @@ impl GroupConsumer {
                 received = tokio::time::timeout(step, self.consumer.recv()) => match received {
                     Ok(Ok(message)) => {
                         let record = InputRecord::from_message(&message);
-                        if context.has_changes() {
-                            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(record);
+                        if self.consumer.context().has_changes() {
+                            self.held = Some(record);
                             break;
                         }
                         batch.records.push(record);
@@ -292,7 +304,10 @@ impl GroupConsumer {
                 _ = shutdown.changed() => break,
             }
         }
-        batch.changes = context.take();
+        batch.changes = self.consumer.context().take();
+        if !batch.changes.is_empty() {
+            tracing::debug!(changes = ?batch.changes, "consumer group membership changed");
+        }
         batch
     }
 
@@ -355,17 +370,20 @@ impl GroupConsumer {
         })
     }
 
-    /// Stops fetching from the assigned partitions (consumption stays alive for
-    /// rebalances), or resumes.
-    pub fn set_paused(&self, paused: bool) -> Result<(), KafkaFailure> {
-        let assignment = self
-            .consumer
-            .assignment()
-            .map_err(KafkaFailure::Operation)?;
+    /// Stops fetching these partitions (the member stays in the group), or resumes.
+    pub fn set_paused(
+        &self,
+        partitions: &[TopicPartition],
+        paused: bool,
+    ) -> Result<(), KafkaFailure> {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            list.add_partition(topic, *partition);
+        }
         let result = if paused {
-            self.consumer.pause(&assignment)
+            self.consumer.pause(&list)
         } else {
-            self.consumer.resume(&assignment)
+            self.consumer.resume(&list)
         };
         result.map_err(KafkaFailure::Operation)
     }

@@ -209,6 +209,11 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ProcessorError> {
     let partitions = verify_layout(&settings.kafka, &settings.topics, true)?;
+    let running = RunningMark::take(
+        &settings.state_dir.join(&settings.topics.application_id),
+        &mut shutdown,
+    )
+    .await?;
     let topics = &settings.topics;
     let consumer = GroupConsumer::join(
         &settings.kafka,
@@ -226,11 +231,58 @@ pub async fn run(
         metrics,
         assigned: BTreeSet::new(),
         tasks: BTreeMap::new(),
+        paused: BTreeSet::new(),
+        next_first: 0,
     };
     let result = runtime.run(&mut shutdown).await;
     let closed = runtime.close_all_tasks();
+    if result.is_ok() && closed.is_ok() {
+        running.release();
+    }
     tracing::info!("processor stopped");
     result.and(closed)
+}
+
+/// A file in the state directory that exists while a processor runs on it. Finding it at
+/// start means the last processor died without leaving its consumer group: the group
+/// still counts it as a member until its session times out. Joining only after that
+/// keeps the rebalance simple; tansu 0.6 can otherwise hand the new member an empty
+/// assignment while the dead member keeps every partition.
+struct RunningMark {
+    path: PathBuf,
+}
+
+impl RunningMark {
+    async fn take(
+        dir: &Path,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Self, ProcessorError> {
+        let path = dir.join("processor.running");
+        let io = |source| ProcessorError::State {
+            task: -1,
+            source: StateError::Checkpoint {
+                path: path.display().to_string(),
+                source,
+            },
+        };
+        if path.exists() {
+            let wait = kafka::SESSION_TIMEOUT + Duration::from_secs(2);
+            tracing::warn!(?wait, "the last processor on this state directory stopped uncleanly; waiting for the group to expire it");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::write(&path, std::process::id().to_string()).map_err(io)?;
+        Ok(Self { path })
+    }
+
+    fn release(self) {
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::warn!(%error, path = %self.path.display(), "could not remove the running mark");
+        }
+    }
 }
 
 struct Runtime<'s> {
@@ -240,7 +292,18 @@ struct Runtime<'s> {
     metrics: ProcessorMetrics,
     assigned: BTreeSet<TopicPartition>,
     tasks: BTreeMap<i32, Task>,
+    /// Input partitions paused because their task's buffer is full.
+    paused: BTreeSet<TopicPartition>,
+    /// Task that goes first in the next processing round (round-robin).
+    next_first: usize,
 }
+
+/// Records buffered per input partition before it is paused (Kafka Streams'
+/// `buffered.records.per.partition`). Intake is not limited by the processing batch, so
+/// a task waiting for its other input keeps reading until that input arrives.
+const BUFFERED_RECORDS_PER_PARTITION: usize = 1000;
+/// Most records read per intake.
+const INTAKE_RECORDS: usize = 1000;
 
 /// What one batch produced and may commit.
 #[derive(Default)]
@@ -257,11 +320,7 @@ impl Runtime<'_> {
         while !*shutdown.borrow() {
             let batch = self
                 .consumer
-                .next_batch(
-                    self.settings.max_batch_records,
-                    self.settings.max_batch_wait,
-                    shutdown,
-                )
+                .next_batch(INTAKE_RECORDS, self.settings.max_batch_wait, shutdown)
                 .await;
             for record in batch.records {
                 self.route(record);
@@ -269,6 +328,7 @@ impl Runtime<'_> {
             for change in batch.changes {
                 self.apply_membership(change)?;
             }
+            self.apply_backpressure()?;
             let started = Instant::now();
             let effects = self.process_ready()?;
             if effects.commit.is_empty() {
@@ -300,6 +360,7 @@ impl Runtime<'_> {
         match change {
             MembershipChange::Revoked(partitions) => {
                 for (topic, partition) in partitions {
+                    self.paused.remove(&(topic.clone(), partition));
                     self.assigned.remove(&(topic, partition));
                     if let Some(task) = self.tasks.remove(&partition) {
                         // Nothing is in flight between batches: buffered records are
@@ -343,23 +404,76 @@ impl Runtime<'_> {
         Ok(())
     }
 
-    /// Applies every record that stream time allows, across all tasks.
+    /// Pauses input partitions whose task buffer is full, resumes drained ones.
+    fn apply_backpressure(&mut self) -> Result<(), ProcessorError> {
+        let topics = &self.settings.topics;
+        let mut pause = Vec::new();
+        let mut resume = Vec::new();
+        for (partition, task) in &self.tasks {
+            let buffers = [
+                (&topics.post_events, task.posts.len()),
+                (&topics.follow_events, task.follows.len()),
+            ];
+            for (topic, buffered) in buffers {
+                let key = (topic.clone(), *partition);
+                let paused = self.paused.contains(&key);
+                if buffered >= BUFFERED_RECORDS_PER_PARTITION && !paused {
+                    pause.push(key);
+                } else if buffered < BUFFERED_RECORDS_PER_PARTITION / 2 && paused {
+                    resume.push(key);
+                }
+            }
+        }
+        if !pause.is_empty() {
+            self.consumer.set_paused(&pause, true)?;
+            self.paused.extend(pause);
+        }
+        if !resume.is_empty() {
+            self.consumer.set_paused(&resume, false)?;
+            for key in &resume {
+                self.paused.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies up to one batch of records that stream time allows, one record per task
+    /// in turn, so that no task starves the others. The bound matters: stores are at
+    /// most one batch ahead of the committed input (see `TaskStores::new`).
     fn process_ready(&mut self) -> Result<Effects, ProcessorError> {
         let mut effects = Effects::default();
-        let partitions: Vec<i32> = self.tasks.keys().copied().collect();
-        for partition in partitions {
-            let mut asked_broker = false;
-            while let Some(record) = self.next_record(partition, &mut asked_broker) {
-                let Some(task) = self.tasks.get_mut(&partition) else {
+        let mut partitions: Vec<i32> = self.tasks.keys().copied().collect();
+        if !partitions.is_empty() {
+            let first = self.next_first % partitions.len();
+            partitions.rotate_left(first);
+            self.next_first = self.next_first.wrapping_add(1);
+        }
+        let mut asked_broker: BTreeSet<i32> = BTreeSet::new();
+        let mut budget = self.settings.max_batch_records;
+        while budget > 0 && !partitions.is_empty() {
+            let mut still_ready = Vec::new();
+            for partition in partitions {
+                if budget == 0 {
                     break;
+                }
+                let mut asked = asked_broker.contains(&partition);
+                let record = self.next_record(partition, &mut asked);
+                if asked {
+                    asked_broker.insert(partition);
+                }
+                let (Some(record), Some(task)) = (record, self.tasks.get_mut(&partition)) else {
+                    continue;
                 };
+                budget -= 1;
                 process_record(self.settings, task, record, &mut effects).map_err(|source| {
                     ProcessorError::Store {
                         task: partition,
                         source,
                     }
                 })?;
+                still_ready.push(partition);
             }
+            partitions = still_ready;
         }
         Ok(effects)
     }

@@ -96,31 +96,37 @@ pub fn check_layout(
     topics: &Topics,
     with_changelogs: bool,
 ) -> Result<i32, TopicsError> {
-    let mut required = vec![topics.post_events.clone(), topics.follow_events.clone()];
+    let inputs = [topics.post_events.clone(), topics.follow_events.clone()];
+    let mut required = inputs.to_vec();
     if with_changelogs {
         required.extend(STORES.iter().map(|store| topics.changelog(store)));
     }
-    let missing: Vec<String> = required
-        .iter()
-        .filter(|topic| !partition_counts.contains_key(*topic))
-        .cloned()
-        .collect();
-    if !missing.is_empty() {
-        return Err(TopicsError::Missing { missing });
-    }
-    let count = |topic: &String| partition_counts.get(topic).copied().unwrap_or(0);
-    let inputs = count(&topics.post_events);
-    for other in &required[1..] {
-        if count(other) != inputs {
+    // The inputs are judged first: a mismatch between them is the error to report even
+    // when other topics are missing too.
+    for group in [&inputs[..], &required[..]] {
+        let missing: Vec<String> = group
+            .iter()
+            .filter(|topic| !partition_counts.contains_key(*topic))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(TopicsError::Missing { missing });
+        }
+        let count = |topic: &String| partition_counts.get(topic).copied().unwrap_or(0);
+        let expected = count(&topics.post_events);
+        if let Some(other) = group.iter().find(|topic| count(topic) != expected) {
             return Err(TopicsError::PartitionMismatch {
                 first: topics.post_events.clone(),
-                first_count: inputs,
+                first_count: expected,
                 second: other.clone(),
                 second_count: count(other),
             });
         }
     }
-    Ok(inputs)
+    Ok(partition_counts
+        .get(&topics.post_events)
+        .copied()
+        .unwrap_or(0))
 }
 
 fn admin(settings: &KafkaSettings) -> Result<AdminClient<DefaultClientContext>, KafkaFailure> {
@@ -306,6 +312,21 @@ mod tests {
         assert!(
             message.contains("feedstream topics create --partitions"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn an_input_mismatch_is_reported_before_missing_changelogs() {
+        let topics = Topics::new("", "app");
+        let error = check_layout(
+            &counts(&[("post-events", 2), ("follow-events", 3)]),
+            &topics,
+            true,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, TopicsError::PartitionMismatch { .. }),
+            "{error}"
         );
     }
 

@@ -182,6 +182,7 @@ proptest! {
     ) {
         let events = history(&ops);
         let batches: Vec<&[Envelope]> = events.chunks(batch).collect();
+        prop_assume!(!batches.is_empty());
         let crashed = crash_at.index(batches.len());
         let mut stores = stores(backfill, batch);
         let mut view = FeedView::default();
