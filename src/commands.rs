@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use feedstream_api::{ApiMetrics, ApiState};
-use feedstream_sinks::{FeedCache, FeedReader, SinkMetrics, SinkSettings};
+use feedstream_sinks::{FeedCache, FeedReader, ReadMetrics, SinkMetrics, SinkSettings};
 use feedstream_topology::kafka::KafkaSettings;
 use feedstream_topology::metrics::ProcessorMetrics;
 use feedstream_topology::processor::ProcessorSettings;
@@ -379,13 +379,17 @@ async fn prepare_api(
     if let Err(error) = feedstream_sinks::migrate(&pool).await {
         tracing::warn!(%error, "PostgreSQL unavailable for migrations; feed reads answer 503 until it is back");
     }
-    let sink_metrics = SinkMetrics::register(&mut Registry::default());
     let cache = FeedCache::connect(
         &global.redis_url,
         &global.redis_prefix,
         feedstream_sinks::FEED_CACHE_CAP,
     )?;
-    let reader = FeedReader::new(pool, &global.database_url, cache, sink_metrics);
+    let reader = FeedReader::new(
+        pool,
+        &global.database_url,
+        cache,
+        ReadMetrics::register(registry),
+    );
     let publisher = Arc::new(EventPublisher::new(
         &settings,
         topics.clone(),

@@ -89,6 +89,24 @@ async fn feeds_match_the_model_and_survive_a_sink_replay() -> anyhow::Result<()>
         );
     }
 
+    // Reads go through Redis: once the sink is quiet, a read fills each feed from
+    // PostgreSQL and the next one is served from Redis, unchanged.
+    assert_eq!(client.feeds(&USERS).await?, observed);
+    assert_eq!(client.feeds(&USERS).await?, observed);
+    let metrics = client
+        .http
+        .get(format!("{}/metrics", client.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let hits: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("feedstream_read_cache_hits_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(hits > 0.0, "no feed page was served from Redis:\n{metrics}");
+
     // Stop the sink and replay both of its topics from the beginning into the same
     // PostgreSQL and Redis, through a new consumer group.
     sink.kill().await?;

@@ -10,7 +10,7 @@ mod sink;
 
 pub use cache::{FeedCache, FEED_CACHE_CAP};
 pub use error::SinkError;
-pub use metrics::SinkMetrics;
+pub use metrics::{ReadMetrics, SinkMetrics};
 pub use postgres::{connect_postgres, migrate};
 pub use reader::{FeedPage, FeedPost, FeedReader};
 pub use sink::{run, SinkSettings};

@@ -9,7 +9,7 @@ pub struct TargetLabel {
     pub target: &'static str,
 }
 
-/// Metrics of the sink and the read path, under `feedstream_sink_*` and `feedstream_read_*`.
+/// Metrics of the sink, under `feedstream_sink_*`.
 #[derive(Clone)]
 pub struct SinkMetrics {
     pub posts_written: Counter,
@@ -17,9 +17,37 @@ pub struct SinkMetrics {
     pub dead_letters: Counter,
     pub write_retries: Family<TargetLabel, Counter>,
     pub batch_seconds: Histogram,
+}
+
+/// Metrics of the read path, under `feedstream_read_*`.
+#[derive(Clone, Default)]
+pub struct ReadMetrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub cache_errors: Counter,
+}
+
+impl ReadMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        let read = registry.sub_registry_with_prefix("read");
+        read.register(
+            "cache_hits",
+            "Feed pages served from Redis",
+            metrics.cache_hits.clone(),
+        );
+        read.register(
+            "cache_misses",
+            "Feed pages that had to read PostgreSQL",
+            metrics.cache_misses.clone(),
+        );
+        read.register(
+            "cache_errors",
+            "Redis failures on the read path (served from PostgreSQL)",
+            metrics.cache_errors.clone(),
+        );
+        metrics
+    }
 }
 
 impl SinkMetrics {
@@ -30,9 +58,6 @@ impl SinkMetrics {
             dead_letters: Counter::default(),
             write_retries: Family::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-            cache_hits: Counter::default(),
-            cache_misses: Counter::default(),
-            cache_errors: Counter::default(),
         };
         let sink = registry.sub_registry_with_prefix("sink");
         sink.register(
@@ -59,22 +84,6 @@ impl SinkMetrics {
             "batch_duration_seconds",
             "Time to write and commit one batch",
             metrics.batch_seconds.clone(),
-        );
-        let read = registry.sub_registry_with_prefix("read");
-        read.register(
-            "cache_hits",
-            "Feed pages served from Redis",
-            metrics.cache_hits.clone(),
-        );
-        read.register(
-            "cache_misses",
-            "Feed pages that had to read PostgreSQL",
-            metrics.cache_misses.clone(),
-        );
-        read.register(
-            "cache_errors",
-            "Redis failures on the read path (served from PostgreSQL)",
-            metrics.cache_errors.clone(),
         );
         metrics
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::cache::{CachedPage, FeedCache};
-use crate::{SinkError, SinkMetrics};
+use crate::{ReadMetrics, SinkError};
 
 /// A post as a feed shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -33,11 +33,11 @@ pub struct FeedReader {
     pool: PgPool,
     pg_target: String,
     cache: FeedCache,
-    metrics: SinkMetrics,
+    metrics: ReadMetrics,
 }
 
 impl FeedReader {
-    pub fn new(pool: PgPool, database_url: &str, cache: FeedCache, metrics: SinkMetrics) -> Self {
+    pub fn new(pool: PgPool, database_url: &str, cache: FeedCache, metrics: ReadMetrics) -> Self {
         Self {
             pool,
             pg_target: crate::postgres::redact(database_url),
