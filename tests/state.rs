@@ -87,6 +87,17 @@ async fn metric(port: u16, name: &str) -> anyhow::Result<f64> {
         .sum())
 }
 
+/// Polls a processor's metrics until it runs at least `tasks` tasks.
+async fn await_active_tasks(port: u16, tasks: u32, what: &str) -> anyhow::Result<()> {
+    eventually(FEED_DEADLINE, what, || async {
+        let active = metric(port, "feedstream_processor_active_tasks")
+            .await
+            .unwrap_or(0.0);
+        Ok(active >= f64::from(tasks))
+    })
+    .await
+}
+
 fn spawn_processor(
     deployment: &Deployment,
     state: &str,
@@ -225,32 +236,12 @@ async fn tasks_move_with_their_state_when_processors_join_and_leave() -> anyhow:
         &dir("b"),
         &["--process-metrics-listen", &format!("127.0.0.1:{port_b}")],
     )?;
-    eventually(
-        FEED_DEADLINE,
-        "the second processor to take tasks",
-        || async {
-            Ok(metric(port_b, "feedstream_processor_active_tasks")
-                .await
-                .unwrap_or(0.0)
-                >= 1.0)
-        },
-    )
-    .await?;
+    await_active_tasks(port_b, 1, "the second processor to take tasks").await?;
     traffic(&mut client, 1, 12).await?;
     assert_feeds_match_model(&client).await?;
 
     terminate(&second)?;
-    eventually(
-        FEED_DEADLINE,
-        "the first processor to take every task back",
-        || async {
-            Ok(metric(port_a, "feedstream_processor_active_tasks")
-                .await
-                .unwrap_or(0.0)
-                >= 4.0)
-        },
-    )
-    .await?;
+    await_active_tasks(port_a, 4, "the first processor to take every task back").await?;
     traffic(&mut client, 2, 12).await?;
     assert_feeds_match_model(&client).await
 }

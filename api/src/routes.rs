@@ -256,7 +256,7 @@ async fn feed(
         )));
     }
     match state.reader.page(user, None, limit).await {
-        Ok(page) => Ok(warp::reply::json(&page.posts).into_response()),
+        Ok(posts) => Ok(warp::reply::json(&posts).into_response()),
         Err(error) => {
             tracing::error!(%error, user = %user, "feed read failed");
             Err(reject(ApiError::new(

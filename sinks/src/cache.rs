@@ -12,7 +12,7 @@
 //! it read before its query is unchanged, so a fill never resurrects a removed entry.
 
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::Script;
 
 use crate::postgres::CacheOp;
 use crate::SinkError;
@@ -224,12 +224,5 @@ impl FeedCache {
 
     pub fn cap(&self) -> usize {
         self.cap
-    }
-
-    /// How many entries of a feed Redis holds (diagnostics and tests).
-    pub async fn entry_count(&self, owner: i64) -> Result<usize, SinkError> {
-        let (feed, _) = self.keys(owner);
-        let mut redis = self.redis.clone();
-        redis.zcard(feed).await.map_err(|source| self.error(source))
     }
 }

@@ -20,14 +20,6 @@ pub struct FeedPost {
     pub created_at: DateTime<Utc>,
 }
 
-/// One page of a feed, newest first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeedPage {
-    pub posts: Vec<FeedPost>,
-    /// Whether the entry list came from Redis alone.
-    pub from_cache: bool,
-}
-
 #[derive(Clone)]
 pub struct FeedReader {
     pool: PgPool,
@@ -55,22 +47,22 @@ impl FeedReader {
         user: UserId,
         max_id: Option<PostId>,
         limit: usize,
-    ) -> Result<FeedPage, SinkError> {
+    ) -> Result<Vec<FeedPost>, SinkError> {
         let owner = user.as_i64();
         let max_id = max_id.map(PostId::as_i64);
-        let (ids, from_cache) = match self.cache.page(owner, max_id, limit).await {
+        let ids = match self.cache.page(owner, max_id, limit).await {
             Ok(CachedPage::Hit {
                 post_ids,
                 complete: true,
             }) => {
                 self.metrics.cache_hits.inc();
-                (post_ids, true)
+                post_ids
             }
             Ok(CachedPage::Hit {
                 complete: false, ..
             }) => {
                 self.metrics.cache_misses.inc();
-                (self.entry_ids(owner, max_id, limit).await?, false)
+                self.entry_ids(owner, max_id, limit).await?
             }
             Ok(CachedPage::Miss { generation }) => {
                 self.metrics.cache_misses.inc();
@@ -79,22 +71,18 @@ impl FeedReader {
                     self.metrics.cache_errors.inc();
                     tracing::warn!(%error, user = %user, "could not fill the feed cache");
                 }
-                let ids = match max_id {
+                match max_id {
                     None => newest.into_iter().take(limit).collect(),
                     Some(_) => self.entry_ids(owner, max_id, limit).await?,
-                };
-                (ids, false)
+                }
             }
             Err(error) => {
                 self.metrics.cache_errors.inc();
                 tracing::warn!(%error, "Redis unavailable; reading the feed from PostgreSQL");
-                (self.entry_ids(owner, max_id, limit).await?, false)
+                self.entry_ids(owner, max_id, limit).await?
             }
         };
-        Ok(FeedPage {
-            posts: self.hydrate(&ids).await?,
-            from_cache,
-        })
+        self.hydrate(&ids).await
     }
 
     /// Whether PostgreSQL answers, for health checks.

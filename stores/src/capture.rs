@@ -37,10 +37,6 @@ impl<S: KeyValueStore> ChangeCapture<S> {
         std::mem::take(&mut self.pending)
     }
 
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-
     /// The wrapped store, for writes that must not be changelogged (restoration).
     pub fn inner_mut(&mut self) -> &mut S {
         &mut self.inner

@@ -87,10 +87,6 @@ impl<S: KeyValueStore> FollowerStore<S> {
         }
     }
 
-    pub fn kv(&self) -> &S {
-        &self.kv
-    }
-
     pub fn kv_mut(&mut self) -> &mut S {
         &mut self.kv
     }

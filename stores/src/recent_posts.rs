@@ -39,11 +39,6 @@ impl<S: KeyValueStore> RecentPostsStore<S> {
         Ok(())
     }
 
-    /// Forgets `post_id` (a deleted post).
-    pub fn remove(&mut self, author: u64, post_id: u64) -> Result<(), StoreError> {
-        self.kv.delete(&post_key(author, post_id))
-    }
-
     /// Up to `n` of the author's newest post ids that are below `bound`, newest first.
     pub fn newest_below(&self, author: u64, bound: u64, n: usize) -> Result<Vec<u64>, StoreError> {
         Ok(self
@@ -53,14 +48,6 @@ impl<S: KeyValueStore> RecentPostsStore<S> {
             .filter(|id| *id < bound)
             .take(n)
             .collect())
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    pub fn kv(&self) -> &S {
-        &self.kv
     }
 
     pub fn kv_mut(&mut self) -> &mut S {
@@ -119,15 +106,5 @@ mod tests {
             let below: Vec<u64> = kept.into_iter().filter(|id| *id < bound).take(2).collect();
             prop_assert_eq!(store.newest_below(7, bound, 2).unwrap(), below);
         }
-    }
-
-    #[test]
-    fn remove_forgets_a_post() {
-        let mut store = RecentPostsStore::new(InMemoryStore::default(), 3);
-        for id in [1, 2, 3] {
-            store.push(1, id).unwrap();
-        }
-        store.remove(1, 2).unwrap();
-        assert_eq!(store.newest_below(1, u64::MAX, 10).unwrap(), vec![3, 1]);
     }
 }

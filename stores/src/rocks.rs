@@ -71,10 +71,6 @@ impl RocksDbStore {
             .unwrap_or(0)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn error(&self, source: rocksdb::Error) -> StoreError {
         StoreError::RocksDb {
             path: self.path.display().to_string(),

@@ -83,6 +83,36 @@ fn as_sets(feeds: BTreeMap<UserId, Vec<PostId>>) -> BTreeMap<UserId, BTreeSet<Po
         .collect()
 }
 
+/// Runs the batch that a crash interrupts: each output reaches the broker (and so the
+/// view) only where `delivered` says so. Returns the store writes the batch made.
+fn crashed_batch(
+    records: &[Envelope],
+    stores: &mut TaskStores<InMemoryStore>,
+    view: &mut FeedView,
+    delivered: &[bool],
+) -> Vec<(&'static str, ChangeRecord)> {
+    stores.drain_changes();
+    let mut outputs = Vec::new();
+    for event in records {
+        outputs.extend(apply(event, stores).unwrap());
+    }
+    for (change, reached) in outputs.iter().zip(delivered.iter().cycle()) {
+        if *reached {
+            view.apply(change);
+        }
+    }
+    stores.drain_changes()
+}
+
+/// The writes of one store, in order.
+fn writes_of(changes: &[(&'static str, ChangeRecord)], store: &str) -> Vec<ChangeRecord> {
+    changes
+        .iter()
+        .filter(|(name, _)| *name == store)
+        .map(|(_, change)| change.clone())
+        .collect()
+}
+
 fn snapshot(stores: &mut TaskStores<InMemoryStore>) -> (InMemoryStore, InMemoryStore) {
     let followers = stores.store_mut(FOLLOWERS_STORE).unwrap().clone();
     let recent = stores.store_mut(RECENT_POSTS_STORE).unwrap().clone();
@@ -130,19 +160,9 @@ proptest! {
         for (index, records) in batches.iter().enumerate() {
             if index == crashed {
                 let (followers_before, recent_before) = snapshot(&mut stores);
-                stores.drain_changes();
-                let mut outputs = Vec::new();
-                for event in records.iter() {
-                    outputs.extend(apply(event, &mut stores).unwrap());
-                }
-                for (change, reached) in outputs.iter().zip(delivered.iter().cycle()) {
-                    if *reached {
-                        view.apply(change);
-                    }
-                }
-                let changes = stores.drain_changes();
+                let changes = crashed_batch(records, &mut stores, &mut view, &delivered);
                 let restore = |mut store: InMemoryStore, name: &str, keep: &prop::sample::Index| {
-                    let log: Vec<&ChangeRecord> = changes.iter().filter(|(s, _)| *s == name).map(|(_, c)| c).collect();
+                    let log = writes_of(&changes, name);
                     for change in log.iter().take(keep.index(log.len() + 1)) {
                         change.apply_to(&mut store).unwrap();
                     }
@@ -189,20 +209,11 @@ proptest! {
         let mut changelog: Vec<(&'static str, ChangeRecord)> = Vec::new();
         for (index, records) in batches.iter().enumerate() {
             if index == crashed {
-                let mut outputs = Vec::new();
-                for event in records.iter() {
-                    outputs.extend(apply(event, &mut stores).unwrap());
-                }
-                for (change, reached) in outputs.iter().zip(delivered.iter().cycle()) {
-                    if *reached {
-                        view.apply(change);
-                    }
-                }
+                let changes = crashed_batch(records, &mut stores, &mut view, &delivered);
                 // Each store's changelog kept a prefix of the batch's records; restoring
                 // from the checkpoint re-applies that prefix onto the kept store.
-                let changes = stores.drain_changes();
                 for (name, keep) in [(FOLLOWERS_STORE, &kept.0), (RECENT_POSTS_STORE, &kept.1)] {
-                    let log: Vec<ChangeRecord> = changes.iter().filter(|(s, _)| *s == name).map(|(_, c)| c.clone()).collect();
+                    let log = writes_of(&changes, name);
                     let kept_records = keep.index(log.len() + 1);
                     for change in log.into_iter().take(kept_records) {
                         change.apply_to(stores.store_mut(name).unwrap()).unwrap();
