@@ -108,41 +108,74 @@ fn spawn_processor(
     deployment.spawn(&args)
 }
 
+/// A deployment with its API and sink running; processors are the tests' business.
+struct Running {
+    deployment: Deployment,
+    /// State directory for the tests' processor.
+    state: String,
+    /// Base URL of the API.
+    base: String,
+    _api: tokio::process::Child,
+    _sink: tokio::process::Child,
+}
+
+impl Running {
+    async fn start(partitions: u32) -> anyhow::Result<Self> {
+        let deployment = Deployment::new(&Engines::from_env()).await?;
+        deployment.create_topics(partitions).await?;
+        let state = deployment
+            .dir
+            .path()
+            .join("state")
+            .to_str()
+            .unwrap_or_default()
+            .to_string();
+        let (api, base) = deployment.spawn_api(&[]).await?;
+        let sink = deployment.spawn(&["sink"])?;
+        Ok(Self {
+            deployment,
+            state,
+            base,
+            _api: api,
+            _sink: sink,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_state_dir_is_restored_to_the_same_stores() -> anyhow::Result<()> {
-    let engines = Engines::from_env();
-    let deployment = Deployment::new(&engines).await?;
-    deployment.create_topics(3).await?;
-    let state = deployment.dir.path().join("state");
-    let state = state.to_str().unwrap_or_default().to_string();
-    let (_api, base) = deployment.spawn_api(&[]).await?;
-    let _sink = deployment.spawn(&["sink"])?;
-    let mut processor = spawn_processor(&deployment, &state, &[])?;
+    let running = Running::start(3).await?;
+    let (deployment, state, base) = (
+        &running.deployment,
+        running.state.clone(),
+        running.base.clone(),
+    );
+    let mut processor = spawn_processor(deployment, &state, &[])?;
     let mut client = Client::new(base);
     traffic(&mut client, 0, 20).await?;
     assert_feeds_match_model(&client).await?;
     terminate(&processor)?;
     processor.wait().await?;
 
-    let followers = rebuild(&deployment, &state, "followers", false).await?;
-    let recent = rebuild(&deployment, &state, "recent-posts", false).await?;
+    let followers = rebuild(deployment, &state, "followers", false).await?;
+    let recent = rebuild(deployment, &state, "recent-posts", false).await?;
     assert!(!followers.contains(" 0 entries"), "{followers}");
     std::fs::remove_dir_all(&state)?;
     assert_eq!(
-        rebuild(&deployment, &state, "followers", false).await?,
+        rebuild(deployment, &state, "followers", false).await?,
         followers
     );
     assert_eq!(
-        rebuild(&deployment, &state, "recent-posts", false).await?,
+        rebuild(deployment, &state, "recent-posts", false).await?,
         recent
     );
     assert_eq!(
-        rebuild(&deployment, &state, "followers", true).await?,
+        rebuild(deployment, &state, "followers", true).await?,
         followers,
         "rebuild from follow-events"
     );
     assert_eq!(
-        rebuild(&deployment, &state, "recent-posts", true).await?,
+        rebuild(deployment, &state, "recent-posts", true).await?,
         recent,
         "rebuild from post-events"
     );
@@ -152,7 +185,7 @@ async fn a_wiped_state_dir_is_restored_to_the_same_stores() -> anyhow::Result<()
     std::fs::remove_dir_all(&state)?;
     let metrics_port = free_port()?;
     let _processor = spawn_processor(
-        &deployment,
+        deployment,
         &state,
         &[
             "--process-metrics-listen",
@@ -173,16 +206,15 @@ async fn a_wiped_state_dir_is_restored_to_the_same_stores() -> anyhow::Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_processor_killed_mid_stream_recovers_exact_feeds() -> anyhow::Result<()> {
-    let engines = Engines::from_env();
-    let deployment = Deployment::new(&engines).await?;
-    deployment.create_topics(3).await?;
-    let state = deployment.dir.path().join("state");
-    let state = state.to_str().unwrap_or_default().to_string();
-    let (_api, base) = deployment.spawn_api(&[]).await?;
-    let _sink = deployment.spawn(&["sink"])?;
+    let running = Running::start(3).await?;
+    let (deployment, state, base) = (
+        &running.deployment,
+        running.state.clone(),
+        running.base.clone(),
+    );
     // Small batches: many commits, so the kill lands between and inside them.
     let small_batches = ["--process-batch-records", "5"];
-    let mut processor = spawn_processor(&deployment, &state, &small_batches)?;
+    let mut processor = spawn_processor(deployment, &state, &small_batches)?;
 
     let probe = Client::new(base.clone());
     let mut client = Client::new(base);
@@ -200,7 +232,7 @@ async fn a_processor_killed_mid_stream_recovers_exact_feeds() -> anyhow::Result<
     .await?;
     processor.start_kill()?;
     processor.wait().await?;
-    let _restarted = spawn_processor(&deployment, &state, &small_batches)?;
+    let _restarted = spawn_processor(deployment, &state, &small_batches)?;
     let client = writer.await??;
     assert_feeds_match_model(&client).await
 }
