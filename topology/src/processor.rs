@@ -56,6 +56,12 @@ pub enum ProcessorError {
         #[source]
         source: StoreError,
     },
+    #[error("state directory file {path}: {source}")]
+    StateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("state of task {task}: {source}")]
     State {
         task: i32,
@@ -70,7 +76,7 @@ impl ProcessorError {
         match self {
             ProcessorError::Layout(error) => error.is_retriable(),
             ProcessorError::Kafka(error) => error.is_retriable(),
-            ProcessorError::Store { .. } => false,
+            ProcessorError::Store { .. } | ProcessorError::StateDir { .. } => false,
             ProcessorError::State { source, .. } => source.is_retriable(),
         }
     }
@@ -258,12 +264,9 @@ impl RunningMark {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Self, ProcessorError> {
         let path = dir.join("processor.running");
-        let io = |source| ProcessorError::State {
-            task: -1,
-            source: StateError::Checkpoint {
-                path: path.display().to_string(),
-                source,
-            },
+        let io = |source| ProcessorError::StateDir {
+            path: path.display().to_string(),
+            source,
         };
         if path.exists() {
             let wait = kafka::SESSION_TIMEOUT + Duration::from_secs(2);

@@ -139,7 +139,7 @@ async fn rebuild_from_source(
         FOLLOWERS_STORE => (&settings.topics.follow_events, InputTopic::FollowEvents),
         _ => (&settings.topics.post_events, InputTopic::PostEvents),
     };
-    let scratch = tempfile::tempdir().map_err(|source| StateError::Checkpoint {
+    let scratch = tempfile::tempdir().map_err(|source| StateError::File {
         path: "temporary directory".into(),
         source,
     })?;

@@ -30,8 +30,8 @@ pub enum StateError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Kafka(#[from] KafkaFailure),
-    #[error("could not write the checkpoint {path}: {source}")]
-    Checkpoint {
+    #[error("state directory file {path}: {source}")]
+    File {
         path: String,
         #[source]
         source: std::io::Error,
@@ -51,7 +51,7 @@ impl StateError {
         match self {
             StateError::Kafka(failure) => failure.is_retriable(),
             StateError::Restore { .. } => true,
-            StateError::Store(_) | StateError::Checkpoint { .. } => false,
+            StateError::Store(_) | StateError::File { .. } => false,
         }
     }
 }
@@ -102,7 +102,7 @@ impl Checkpoint {
     pub fn write(&self, task_dir: &Path) -> Result<(), StateError> {
         let path = Self::path(task_dir);
         let temporary = task_dir.join(format!("{CHECKPOINT_FILE}.tmp"));
-        let error = |source| StateError::Checkpoint {
+        let error = |source| StateError::File {
             path: path.display().to_string(),
             source,
         };
@@ -119,12 +119,10 @@ impl Checkpoint {
 
     pub fn remove(task_dir: &Path) -> Result<(), StateError> {
         match std::fs::remove_file(Self::path(task_dir)) {
-            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
-                Err(StateError::Checkpoint {
-                    path: Self::path(task_dir).display().to_string(),
-                    source,
-                })
-            }
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => Err(StateError::File {
+                path: Self::path(task_dir).display().to_string(),
+                source,
+            }),
             _ => Ok(()),
         }
     }
@@ -210,7 +208,7 @@ impl StateOpener<'_> {
             self.kafka,
             &format!("{}-restore", self.topics.application_id),
         )?;
-        let (low, high) = tokio_free_watermarks(&restorer, &changelog, self.partition)?;
+        let (low, high) = watermarks(&restorer, &changelog, self.partition)?;
 
         let mut reason = match from {
             None if path.exists() => Some("local store without a checkpoint".to_string()),
@@ -267,7 +265,7 @@ impl StateOpener<'_> {
     }
 }
 
-fn tokio_free_watermarks(
+fn watermarks(
     consumer: &BaseConsumer,
     topic: &str,
     partition: i32,
