@@ -10,6 +10,14 @@ ensure_postgres
 ensure_redis
 ensure_tansu
 
+# Each test makes its own database and Redis key prefix; clear what earlier runs left.
+stale="$(psql "$PG_ADMIN_URL/postgres" -Atqc "select datname from pg_database where datname like 'feedstream\_test\_%'")"
+if [ -n "$stale" ]; then
+  say "dropping $(echo "$stale" | wc -l) PostgreSQL databases left by earlier test runs"
+  for database in $stale; do psql "$PG_ADMIN_URL/postgres" -qc "DROP DATABASE IF EXISTS \"$database\"" >/dev/null; done
+fi
+redis-cli --scan --pattern 'test-????????:*' | xargs -r -n 500 redis-cli del >/dev/null
+
 RUN_DIR="$(mktemp -d -t feedstream-test.XXXXXX)"
 PORT="$(free_port)"
 say "starting a fresh tansu broker on 127.0.0.1:$PORT (data and log in $RUN_DIR)"
