@@ -451,7 +451,7 @@ impl Runtime<'_> {
             partitions.rotate_left(first);
             self.next_first = self.next_first.wrapping_add(1);
         }
-        let mut asked_broker: BTreeSet<i32> = BTreeSet::new();
+        let mut lagging_verdicts = BTreeMap::new();
         let mut budget = self.settings.max_batch_records;
         while budget > 0 && !partitions.is_empty() {
             let mut still_ready = Vec::new();
@@ -459,11 +459,7 @@ impl Runtime<'_> {
                 if budget == 0 {
                     break;
                 }
-                let mut asked = asked_broker.contains(&partition);
-                let record = self.next_record(partition, &mut asked);
-                if asked {
-                    asked_broker.insert(partition);
-                }
+                let record = self.next_record(partition, &mut lagging_verdicts);
                 let (Some(record), Some(task)) = (record, self.tasks.get_mut(&partition)) else {
                     continue;
                 };
@@ -481,29 +477,37 @@ impl Runtime<'_> {
         Ok(effects)
     }
 
-    /// The task's next record in stream time, if it may be processed now. Asks the
-    /// broker at most once per batch whether a lagging input is in fact caught up.
-    fn next_record(&mut self, partition: i32, asked_broker: &mut bool) -> Option<InputRecord> {
+    /// The task's next record in stream time, if it may be processed now. Whether an
+    /// empty input is in fact caught up is asked of the broker once per cycle: the
+    /// consumer is not polled meanwhile, so `caught_up` (keyed by task and topic) keeps
+    /// the answer for the rest of the cycle.
+    fn next_record(
+        &mut self,
+        partition: i32,
+        caught_up: &mut BTreeMap<(i32, bool), bool>,
+    ) -> Option<InputRecord> {
         let task = self.tasks.get(&partition)?;
         let posts_head = task.posts.front().map(stream_time);
         let follows_head = task.follows.front().map(stream_time);
         let waited = task
             .waiting_since
             .map_or(Duration::ZERO, |since| since.elapsed());
+        // Which input is empty, should one be: posts (true) or follows (false).
+        let key = (partition, posts_head.is_none());
         let mut empty = EmptyInput {
-            caught_up: false,
+            caught_up: caught_up.get(&key).copied().unwrap_or(false),
             waited,
         };
         let max_idle = self.settings.max_task_idle;
         let mut decision = stream_time::next(posts_head, follows_head, empty, max_idle);
-        if decision == Next::Wait && !*asked_broker {
-            *asked_broker = true;
-            let lagging = if posts_head.is_none() {
+        if decision == Next::Wait && !caught_up.contains_key(&key) {
+            let lagging = if key.1 {
                 &self.settings.topics.post_events
             } else {
                 &self.settings.topics.follow_events
             };
             empty.caught_up = self.caught_up(lagging, partition);
+            caught_up.insert(key, empty.caught_up);
             decision = stream_time::next(posts_head, follows_head, empty, max_idle);
         }
         let task = self.tasks.get_mut(&partition)?;
