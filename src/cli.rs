@@ -15,7 +15,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// Kafka bootstrap servers, comma-separated host:port.
     #[arg(
@@ -51,6 +51,15 @@ pub struct GlobalArgs {
         default_value = ""
     )]
     pub redis_prefix: String,
+    /// How many entries of each feed Redis holds (the sink trims to it, readers fill up
+    /// to it); older pages come from PostgreSQL.
+    #[arg(
+        long,
+        global = true,
+        env = "FEEDSTREAM_FEED_CACHE_CAP",
+        default_value_t = feedstream_sinks::FEED_CACHE_CAP
+    )]
+    pub feed_cache_cap: usize,
     /// Prefix of the four public topic names (post-events, follow-events, feed-events,
     /// dead-letter-events).
     #[arg(
@@ -115,14 +124,14 @@ pub enum Command {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum StoreName {
     Followers,
-    RecentPosts,
+    AuthorPosts,
 }
 
 impl StoreName {
     pub fn name(self) -> &'static str {
         match self {
             StoreName::Followers => feedstream_stores::FOLLOWERS_STORE,
-            StoreName::RecentPosts => feedstream_stores::RECENT_POSTS_STORE,
+            StoreName::AuthorPosts => feedstream_stores::AUTHOR_POSTS_STORE,
         }
     }
 }
@@ -179,9 +188,13 @@ pub struct ProcessArgs {
         default_value = ".feedstream/state"
     )]
     pub state_dir: PathBuf,
-    /// How many of an author's newest posts a new follower receives (N).
-    #[arg(long, env = "FEEDSTREAM_BACKFILL", default_value_t = 100)]
+    /// How many of an author's newest live posts a new follower receives (N).
+    #[arg(long, env = "FEEDSTREAM_BACKFILL", default_value_t = feedstream_topology::feed::DEFAULT_BACKFILL)]
     pub backfill: usize,
+    /// Authors with more followers than this are not fanned out on write; their posts
+    /// are merged into followers' feeds at read time.
+    #[arg(long, env = "FEEDSTREAM_CELEBRITY_THRESHOLD", default_value_t = feedstream_topology::feed::DEFAULT_CELEBRITY_THRESHOLD)]
+    pub celebrity_threshold: u64,
     /// Most input records per processing batch (one commit each).
     #[arg(long, env = "FEEDSTREAM_PROCESS_BATCH_RECORDS", default_value_t = 500)]
     pub process_batch_records: usize,
@@ -209,9 +222,6 @@ pub struct SinkArgs {
     /// Longest wait to fill a sink batch, in milliseconds.
     #[arg(long, env = "FEEDSTREAM_SINK_BATCH_WAIT_MS", default_value_t = 50)]
     pub sink_batch_wait_ms: u64,
-    /// How many entries of each feed Redis holds.
-    #[arg(long, env = "FEEDSTREAM_FEED_CACHE_CAP", default_value_t = feedstream_sinks::FEED_CACHE_CAP)]
-    pub feed_cache_cap: usize,
     /// Serve /metrics on this address (the `run` command serves them on the API).
     #[arg(long, env = "FEEDSTREAM_SINK_METRICS_LISTEN")]
     pub sink_metrics_listen: Option<SocketAddr>,

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use feedstream_api::{ApiMetrics, ApiState};
 use feedstream_sinks::{FeedCache, FeedReader, ReadMetrics, SinkMetrics, SinkSettings};
+use feedstream_topology::feed::FeedRules;
 use feedstream_topology::kafka::KafkaSettings;
 use feedstream_topology::metrics::ProcessorMetrics;
 use feedstream_topology::processor::ProcessorSettings;
@@ -83,7 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ));
             let sink = {
                 let (global, topics, sink_args) =
-                    (clone_global(&global), topics.clone(), args.sink.clone());
+                    (global.clone(), topics.clone(), args.sink.clone());
                 let receiver = receiver.clone();
                 tokio::spawn(async move {
                     run_sink(&global, &topics, &sink_args, sink_metrics, receiver).await
@@ -135,19 +136,6 @@ where
                 Err(join) => Err(anyhow::anyhow!("task panicked: {join}")),
             }
         })
-    }
-}
-
-fn clone_global(global: &GlobalArgs) -> GlobalArgs {
-    GlobalArgs {
-        brokers: global.brokers.clone(),
-        database_url: global.database_url.clone(),
-        redis_url: global.redis_url.clone(),
-        redis_prefix: global.redis_prefix.clone(),
-        topic_prefix: global.topic_prefix.clone(),
-        application_id: global.application_id.clone(),
-        kafka_debug: global.kafka_debug.clone(),
-        log_format: global.log_format,
     }
 }
 
@@ -233,8 +221,6 @@ async fn rebuild_state(
         state_dir: args.process.state_dir.clone(),
         store: args.store.name(),
         from_source: args.from_source,
-        backfill: args.process.backfill,
-        max_batch_records: args.process.process_batch_records.max(1),
     };
     let source = if args.from_source {
         "its source topic"
@@ -283,7 +269,10 @@ fn processor_settings(
         kafka: kafka(global, RUNTIME_DELIVERY_TIMEOUT),
         topics: topics.clone(),
         state_dir: args.state_dir.clone(),
-        backfill: args.backfill,
+        rules: FeedRules {
+            backfill: args.backfill,
+            celebrity_threshold: args.celebrity_threshold,
+        },
         max_batch_records: args.process_batch_records.max(1),
         max_batch_wait: Duration::from_millis(args.process_batch_wait_ms),
         max_task_idle: Duration::from_millis(args.max_task_idle_ms),
@@ -300,7 +289,11 @@ async fn run_sink(
 ) -> anyhow::Result<()> {
     let pool = feedstream_sinks::connect_postgres(&global.database_url)?;
     migrate_when_available(&pool, shutdown.clone()).await?;
-    let cache = FeedCache::connect(&global.redis_url, &global.redis_prefix, args.feed_cache_cap)?;
+    let cache = FeedCache::connect(
+        &global.redis_url,
+        &global.redis_prefix,
+        global.feed_cache_cap.max(1),
+    )?;
     let settings = SinkSettings {
         kafka: kafka(global, RUNTIME_DELIVERY_TIMEOUT),
         topics: topics.clone(),
@@ -382,7 +375,7 @@ async fn prepare_api(
     let cache = FeedCache::connect(
         &global.redis_url,
         &global.redis_prefix,
-        feedstream_sinks::FEED_CACHE_CAP,
+        global.feed_cache_cap.max(1),
     )?;
     let reader = FeedReader::new(
         pool,

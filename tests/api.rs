@@ -113,6 +113,37 @@ async fn bad_input_gets_a_json_4xx() -> anyhow::Result<()> {
             "invalid_limit",
         ),
         (
+            http.get(format!("{base}/feeds/1?limit=101")).send().await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+        ),
+        (
+            http.get(format!("{base}/feeds/1?max_id=-3")).send().await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            http.delete(format!("{base}/posts/abc"))
+                .header("X-User-Id", "7")
+                .send()
+                .await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_post_id",
+        ),
+        (
+            http.delete(format!("{base}/posts/123456"))
+                .header("X-User-Id", "7")
+                .send()
+                .await?,
+            StatusCode::NOT_FOUND,
+            "post_not_found",
+        ),
+        (
+            http.delete(format!("{base}/posts/123456")).send().await?,
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
             http.get(format!("{base}/feeds/1?limit=x")).send().await?,
             StatusCode::BAD_REQUEST,
             "invalid_query",

@@ -158,7 +158,7 @@ async fn a_wiped_state_dir_is_restored_to_the_same_stores() -> anyhow::Result<()
     processor.wait().await?;
 
     let followers = rebuild(deployment, &state, "followers", false).await?;
-    let recent = rebuild(deployment, &state, "recent-posts", false).await?;
+    let recent = rebuild(deployment, &state, "author-posts", false).await?;
     assert!(!followers.contains(" 0 entries"), "{followers}");
     std::fs::remove_dir_all(&state)?;
     assert_eq!(
@@ -166,7 +166,7 @@ async fn a_wiped_state_dir_is_restored_to_the_same_stores() -> anyhow::Result<()
         followers
     );
     assert_eq!(
-        rebuild(deployment, &state, "recent-posts", false).await?,
+        rebuild(deployment, &state, "author-posts", false).await?,
         recent
     );
     assert_eq!(
@@ -175,7 +175,7 @@ async fn a_wiped_state_dir_is_restored_to_the_same_stores() -> anyhow::Result<()
         "rebuild from follow-events"
     );
     assert_eq!(
-        rebuild(deployment, &state, "recent-posts", true).await?,
+        rebuild(deployment, &state, "author-posts", true).await?,
         recent,
         "rebuild from post-events"
     );

@@ -76,6 +76,7 @@ pub fn route_of(path: &str) -> &'static str {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         ["posts"] => "/posts",
+        ["posts", _] => "/posts/{post_id}",
         ["follows"] => "/follows",
         ["follows", _] => "/follows/{followee_id}",
         ["feeds", _] => "/feeds/{user_id}",

@@ -2,9 +2,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
-use feedstream_sinks::FeedReader;
+use feedstream_sinks::{FeedPage, FeedReader, PageRequest};
 use feedstream_topology::event::{validate_content, Envelope, EventBody};
-use feedstream_topology::ids::UserId;
+use feedstream_topology::ids::{PostId, UserId};
 use feedstream_topology::publisher::{EventPublisher, PublishError};
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
@@ -20,7 +20,7 @@ use crate::metrics::{route_of, ApiMetrics, EventLabel};
 /// Largest request body accepted; a post of 500 characters is at most 2 KB of JSON.
 pub const MAX_BODY_BYTES: u64 = 16 * 1024;
 const DEFAULT_PAGE_SIZE: usize = 20;
-const MAX_PAGE_SIZE: usize = 200;
+const MAX_PAGE_SIZE: usize = 100;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -47,6 +47,9 @@ struct NewFollow {
 #[serde(deny_unknown_fields)]
 struct FeedQuery {
     limit: Option<usize>,
+    max_id: Option<PostId>,
+    since_id: Option<PostId>,
+    min_id: Option<PostId>,
 }
 
 /// Serves the API on `listener` until `shutdown` completes; requests in progress finish.
@@ -74,6 +77,11 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(json_body::<NewPost>())
         .and(with_state.clone())
         .and_then(create_post);
+    let delete_post = warp::path!("posts" / String)
+        .and(warp::delete())
+        .and(caller())
+        .and(with_state.clone())
+        .and_then(delete_post);
     let follow = warp::path!("follows")
         .and(warp::post())
         .and(caller())
@@ -100,6 +108,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .map(|state: ApiState| metrics_text(&state.registry));
 
     create_post
+        .or(delete_post)
+        .unify()
         .or(follow)
         .unify()
         .or(unfollow)
@@ -219,6 +229,45 @@ async fn create_post(
     ))
 }
 
+/// Only the author deletes a post. Anyone else's post, an unknown one and a deleted one
+/// are all 404: whether a post exists is not disclosed to other users.
+async fn delete_post(
+    post_id: String,
+    caller: UserId,
+    state: ApiState,
+) -> Result<warp::reply::Response, Rejection> {
+    let post_id = post_id
+        .parse::<PostId>()
+        .map_err(|error| reject(ApiError::bad_request("invalid_post_id", error.to_string())))?;
+    let author = state
+        .reader
+        .live_post_author(post_id)
+        .await
+        .map_err(storage_unavailable)?;
+    if author != Some(caller) {
+        return Err(reject(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "post_not_found",
+            format!("user {caller} has no post {post_id}"),
+        )));
+    }
+    let event = state.publisher.post_deleted(caller, post_id);
+    publish(&state, &event).await?;
+    tracing::info!(event_id = %event.event_id, author = %caller, post_id = %post_id, "deletion accepted");
+    Ok(accepted(
+        serde_json::json!({ "post_id": post_id, "event_id": event.event_id }),
+    ))
+}
+
+fn storage_unavailable(error: feedstream_sinks::SinkError) -> Rejection {
+    tracing::error!(%error, "storage read failed");
+    reject(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        format!("storage could not be read, retry later: {error}"),
+    ))
+}
+
 async fn follow(
     follower: UserId,
     body: NewFollow,
@@ -255,17 +304,34 @@ async fn feed(
             format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
         )));
     }
-    match state.reader.page(user, None, limit).await {
-        Ok(posts) => Ok(warp::reply::json(&posts).into_response()),
-        Err(error) => {
-            tracing::error!(%error, user = %user, "feed read failed");
-            Err(reject(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
-                format!("the feed could not be read, retry later: {error}"),
-            )))
+    let request = PageRequest {
+        max_id: query.max_id,
+        since_id: query.since_id,
+        min_id: query.min_id,
+        limit,
+    };
+    let page = state
+        .reader
+        .page(user, &request)
+        .await
+        .map_err(storage_unavailable)?;
+    let mut response = warp::reply::json(&page.posts).into_response();
+    if let Some(link) = link_header(user, limit, &page) {
+        if let Ok(value) = warp::http::HeaderValue::from_str(&link) {
+            response.headers_mut().insert("link", value);
         }
     }
+    Ok(response)
+}
+
+/// RFC 8288 links to the next (older) and previous (newer) pages, as Mastodon sends
+/// them; none for a page that covered no entry.
+fn link_header(user: UserId, limit: usize, page: &FeedPage) -> Option<String> {
+    let (newest, oldest) = (page.newest?, page.oldest?);
+    Some(format!(
+        "</feeds/{user}?limit={limit}&max_id={oldest}>; rel=\"next\", \
+         </feeds/{user}?limit={limit}&min_id={newest}>; rel=\"prev\""
+    ))
 }
 
 async fn health_check(state: ApiState) -> warp::reply::Response {

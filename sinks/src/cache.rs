@@ -15,6 +15,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use crate::postgres::CacheOp;
+use crate::reader::IdRange;
 use crate::SinkError;
 
 /// How many entries of each feed Redis holds.
@@ -60,7 +61,7 @@ return 1
 pub(crate) enum CachedPage {
     /// No set for this feed: fill it, using `generation` as the guard.
     Miss { generation: String },
-    /// Entries below `max_id` (newest first). `complete` when nothing below them is
+    /// Entries of the range, in its order. `complete` when no entry of the range is
     /// missing from the set, i.e. the page needs no PostgreSQL.
     Hit { post_ids: Vec<i64>, complete: bool },
 }
@@ -152,15 +153,20 @@ impl FeedCache {
             .map_err(|source| self.error(source))
     }
 
-    /// Reads up to `limit` entries below `max_id` (exclusive), newest first.
-    pub(crate) async fn page(
-        &self,
-        owner: i64,
-        max_id: Option<i64>,
-        limit: usize,
-    ) -> Result<CachedPage, SinkError> {
+    /// Reads the entries of `range` that the set holds, in the range's order.
+    pub(crate) async fn page(&self, owner: i64, range: &IdRange) -> Result<CachedPage, SinkError> {
         let (feed, meta) = self.keys(owner);
-        let upper = max_id.map_or_else(|| "+".to_string(), |id| format!("({}", member(id)));
+        let upper = range
+            .upper
+            .map_or_else(|| "+".to_string(), |id| format!("({}", member(id)));
+        let lower = range
+            .lower
+            .map_or_else(|| "-".to_string(), |id| format!("({}", member(id)));
+        let (command, from, to) = if range.oldest_first {
+            ("ZRANGEBYLEX", lower, upper)
+        } else {
+            ("ZREVRANGEBYLEX", upper, lower)
+        };
         let mut redis = self.redis.clone();
         let (exists, members, floor, generation): (
             bool,
@@ -170,13 +176,13 @@ impl FeedCache {
         ) = redis::pipe()
             .atomic()
             .exists(&feed)
-            .cmd("ZREVRANGEBYLEX")
+            .cmd(command)
             .arg(&feed)
-            .arg(upper)
-            .arg("-")
+            .arg(from)
+            .arg(to)
             .arg("LIMIT")
             .arg(0)
-            .arg(limit)
+            .arg(range.limit)
             .hget(&meta, "f")
             .hget(&meta, "g")
             .query_async(&mut redis)
@@ -188,7 +194,12 @@ impl FeedCache {
             });
         }
         let post_ids: Vec<i64> = members.iter().filter_map(|m| m.parse().ok()).collect();
-        let complete = post_ids.len() == limit || floor.unwrap_or_default().is_empty();
+        let floor = floor.unwrap_or_default();
+        // The set holds every entry ≥ floor. A full newest-first page is therefore
+        // exact; otherwise the range must lie above the floor.
+        let complete = floor.is_empty()
+            || (!range.oldest_first && post_ids.len() == range.limit)
+            || range.lower.is_some_and(|lower| member(lower) >= floor);
         Ok(CachedPage::Hit { post_ids, complete })
     }
 

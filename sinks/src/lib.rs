@@ -12,5 +12,5 @@ pub use cache::{FeedCache, FEED_CACHE_CAP};
 pub use error::SinkError;
 pub use metrics::{ReadMetrics, SinkMetrics};
 pub use postgres::{connect_postgres, migrate};
-pub use reader::{FeedPost, FeedReader};
+pub use reader::{FeedPage, FeedPost, FeedReader, PageRequest};
 pub use sink::{run, SinkSettings};

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use feedstream_topology::event::FeedChange;
+use feedstream_topology::ids::PostId;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -50,13 +51,20 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
-/// A post as the sink stores it.
+/// What the sink writes for one record of `post-events`.
 #[derive(Debug, Clone)]
-pub(crate) struct PostRow {
-    pub post_id: i64,
-    pub author_id: i64,
-    pub content: String,
-    pub created_at: DateTime<Utc>,
+pub(crate) enum PostWrite {
+    Created {
+        post_id: i64,
+        author_id: i64,
+        content: String,
+        created_at: DateTime<Utc>,
+    },
+    Deleted {
+        post_id: i64,
+        author_id: i64,
+        deleted_at: DateTime<Utc>,
+    },
 }
 
 /// One Redis operation a PostgreSQL write implies, in order.
@@ -66,12 +74,77 @@ pub(crate) enum CacheOp {
     Remove { owner: i64, post_id: i64 },
 }
 
+/// Consecutive changes of one kind, written with one statement.
+enum Run {
+    Added(Vec<(i64, i64, i64)>),
+    Removed(Vec<(i64, i64, i64)>),
+    AuthorsRemoved(Vec<(i64, i64)>),
+    FollowsStarted(Vec<(i64, i64, i64)>),
+    Merged(Vec<(i64, i64)>),
+}
+
+impl Run {
+    fn of(change: &FeedChange) -> Self {
+        match change {
+            FeedChange::EntryAdded {
+                feed_owner_id,
+                post_id,
+                author_id,
+            } => Run::Added(vec![(
+                feed_owner_id.as_i64(),
+                post_id.as_i64(),
+                author_id.as_i64(),
+            )]),
+            FeedChange::EntryRemoved {
+                feed_owner_id,
+                post_id,
+                author_id,
+            } => Run::Removed(vec![(
+                feed_owner_id.as_i64(),
+                post_id.as_i64(),
+                author_id.as_i64(),
+            )]),
+            FeedChange::AuthorRemoved {
+                feed_owner_id,
+                author_id,
+            } => Run::AuthorsRemoved(vec![(feed_owner_id.as_i64(), author_id.as_i64())]),
+            FeedChange::FollowStarted {
+                feed_owner_id,
+                author_id,
+                min_post_id,
+            } => Run::FollowsStarted(vec![(
+                feed_owner_id.as_i64(),
+                author_id.as_i64(),
+                min_post_id.map_or(0, PostId::as_i64),
+            )]),
+            FeedChange::PostMergedOnRead { author_id, post_id } => {
+                Run::Merged(vec![(author_id.as_i64(), post_id.as_i64())])
+            }
+        }
+    }
+
+    /// Appends `next` if it is of the same kind; otherwise hands it back.
+    fn absorb(&mut self, next: Run) -> Option<Run> {
+        match (self, next) {
+            (Run::Added(rows), Run::Added(more)) | (Run::Removed(rows), Run::Removed(more)) => {
+                rows.extend(more)
+            }
+            (Run::AuthorsRemoved(rows), Run::AuthorsRemoved(more))
+            | (Run::Merged(rows), Run::Merged(more)) => rows.extend(more),
+            (Run::FollowsStarted(rows), Run::FollowsStarted(more)) => rows.extend(more),
+            (_, next) => return Some(next),
+        }
+        None
+    }
+}
+
 /// Writes one batch in one transaction: posts first, then feed changes in their order
-/// (consecutive additions in one statement). Returns the cache operations to mirror.
+/// (consecutive changes of one kind in one statement). Returns the cache operations to
+/// mirror.
 pub(crate) async fn write_batch(
     pool: &PgPool,
     target: &str,
-    posts: &[PostRow],
+    posts: &[PostWrite],
     changes: &[FeedChange],
 ) -> Result<Vec<CacheOp>, SinkError> {
     let error = |source| SinkError::Postgres {
@@ -79,94 +152,218 @@ pub(crate) async fn write_batch(
         source,
     };
     let mut tx = pool.begin().await.map_err(error)?;
-    if !posts.is_empty() {
-        insert_posts(&mut tx, posts).await.map_err(error)?;
-    }
+    write_posts(&mut tx, posts).await.map_err(error)?;
     let mut ops = Vec::with_capacity(changes.len());
-    let mut additions: Vec<(i64, i64, i64)> = Vec::new();
+    let mut runs: Vec<Run> = Vec::new();
     for change in changes {
-        match change {
-            FeedChange::EntryAdded {
-                feed_owner_id,
-                post_id,
-                author_id,
-            } => {
-                additions.push((feed_owner_id.as_i64(), post_id.as_i64(), author_id.as_i64()));
-                ops.push(CacheOp::Add {
-                    owner: feed_owner_id.as_i64(),
-                    post_id: post_id.as_i64(),
-                });
+        let run = Run::of(change);
+        match runs.last_mut() {
+            Some(last) => {
+                if let Some(run) = last.absorb(run) {
+                    runs.push(run);
+                }
             }
-            FeedChange::AuthorRemoved {
-                feed_owner_id,
-                author_id,
-            } => {
-                insert_entries(&mut tx, &std::mem::take(&mut additions))
-                    .await
-                    .map_err(error)?;
-                let removed: Vec<i64> = sqlx::query_scalar(
-                    "DELETE FROM feeds WHERE user_id = $1 AND author_id = $2 RETURNING post_id",
-                )
-                .bind(feed_owner_id.as_i64())
-                .bind(author_id.as_i64())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(error)?;
-                ops.extend(removed.into_iter().map(|post_id| CacheOp::Remove {
-                    owner: feed_owner_id.as_i64(),
-                    post_id,
-                }));
-            }
+            None => runs.push(run),
         }
     }
-    insert_entries(&mut tx, &additions).await.map_err(error)?;
+    for run in runs {
+        write_run(&mut tx, run, &mut ops).await.map_err(error)?;
+    }
     tx.commit().await.map_err(error)?;
     Ok(ops)
 }
 
-async fn insert_posts(
+/// Creations before deletions: within a partition a post is created before it is
+/// deleted, and a batch may hold both.
+async fn write_posts(
     tx: &mut Transaction<'_, Postgres>,
-    posts: &[PostRow],
+    posts: &[PostWrite],
 ) -> Result<(), sqlx::Error> {
-    let ids: Vec<i64> = posts.iter().map(|p| p.post_id).collect();
-    let authors: Vec<i64> = posts.iter().map(|p| p.author_id).collect();
-    let contents: Vec<&str> = posts.iter().map(|p| p.content.as_str()).collect();
-    let created: Vec<DateTime<Utc>> = posts.iter().map(|p| p.created_at).collect();
-    sqlx::query(
-        "INSERT INTO posts (post_id, author_id, content, created_at) \
-         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::timestamptz[]) \
-         ON CONFLICT (post_id) DO NOTHING",
-    )
-    .bind(ids)
-    .bind(authors)
-    .bind(contents)
-    .bind(created)
-    .execute(&mut **tx)
-    .await
-    .map(|_| ())
+    let mut created: (Vec<i64>, Vec<i64>, Vec<&str>, Vec<DateTime<Utc>>) = Default::default();
+    let mut deleted: (Vec<i64>, Vec<i64>, Vec<DateTime<Utc>>) = Default::default();
+    for post in posts {
+        match post {
+            PostWrite::Created {
+                post_id,
+                author_id,
+                content,
+                created_at,
+            } => {
+                created.0.push(*post_id);
+                created.1.push(*author_id);
+                created.2.push(content);
+                created.3.push(*created_at);
+            }
+            PostWrite::Deleted {
+                post_id,
+                author_id,
+                deleted_at,
+            } => {
+                deleted.0.push(*post_id);
+                deleted.1.push(*author_id);
+                deleted.2.push(*deleted_at);
+            }
+        }
+    }
+    if !created.0.is_empty() {
+        sqlx::query(
+            "INSERT INTO posts (post_id, author_id, content, created_at) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::timestamptz[]) \
+             ON CONFLICT (post_id) DO NOTHING",
+        )
+        .bind(created.0)
+        .bind(created.1)
+        .bind(created.2)
+        .bind(created.3)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !deleted.0.is_empty() {
+        // Only the author's own post; its content goes with it.
+        sqlx::query(
+            "UPDATE posts SET deleted_at = d.deleted_at, content = '' \
+             FROM UNNEST($1::bigint[], $2::bigint[], $3::timestamptz[]) AS d(post_id, author_id, deleted_at) \
+             WHERE posts.post_id = d.post_id AND posts.author_id = d.author_id \
+               AND posts.deleted_at IS NULL",
+        )
+        .bind(deleted.0)
+        .bind(deleted.1)
+        .bind(deleted.2)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
-async fn insert_entries(
+fn columns<const N: usize>(rows: &[[i64; N]]) -> [Vec<i64>; N] {
+    std::array::from_fn(|column| rows.iter().map(|row| row[column]).collect())
+}
+
+async fn write_run(
     tx: &mut Transaction<'_, Postgres>,
-    entries: &[(i64, i64, i64)],
+    run: Run,
+    ops: &mut Vec<CacheOp>,
 ) -> Result<(), sqlx::Error> {
-    if entries.is_empty() {
-        return Ok(());
+    match run {
+        Run::Added(rows) => {
+            let [owners, posts, authors] =
+                columns(&rows.iter().map(|r| [r.0, r.1, r.2]).collect::<Vec<_>>());
+            // Entries of deleted posts are not written (a replay or a late backfill can
+            // carry them); every entry that passes is mirrored, even one PostgreSQL
+            // already had, because Redis may have missed it before a crash.
+            let kept: Vec<(i64, i64)> = sqlx::query_as(
+                "WITH e AS ( \
+                   SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS e(user_id, post_id, author_id) \
+                   WHERE NOT EXISTS (SELECT 1 FROM posts p WHERE p.post_id = e.post_id AND p.deleted_at IS NOT NULL)), \
+                 written AS ( \
+                   INSERT INTO feeds (user_id, post_id, author_id) SELECT * FROM e \
+                   ON CONFLICT (user_id, post_id) DO NOTHING) \
+                 SELECT user_id, post_id FROM e",
+            )
+            .bind(owners)
+            .bind(posts)
+            .bind(authors)
+            .fetch_all(&mut **tx)
+            .await?;
+            ops.extend(
+                kept.into_iter()
+                    .map(|(owner, post_id)| CacheOp::Add { owner, post_id }),
+            );
+        }
+        Run::Removed(rows) => {
+            let [owners, posts, authors] =
+                columns(&rows.iter().map(|r| [r.0, r.1, r.2]).collect::<Vec<_>>());
+            sqlx::query(
+                "DELETE FROM feeds USING UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS r(user_id, post_id, author_id) \
+                 WHERE feeds.user_id = r.user_id AND feeds.post_id = r.post_id AND feeds.author_id = r.author_id",
+            )
+            .bind(&owners)
+            .bind(&posts)
+            .bind(&authors)
+            .execute(&mut **tx)
+            .await?;
+            // The author's own removal is the deletion: the post stops being merged.
+            let own: Vec<[i64; 2]> = rows
+                .iter()
+                .filter(|(owner, _, author)| owner == author)
+                .map(|(_, post, author)| [*author, *post])
+                .collect();
+            if !own.is_empty() {
+                let [authors, posts] = columns(&own);
+                sqlx::query(
+                    "DELETE FROM merged_posts USING UNNEST($1::bigint[], $2::bigint[]) AS r(author_id, post_id) \
+                     WHERE merged_posts.author_id = r.author_id AND merged_posts.post_id = r.post_id",
+                )
+                .bind(authors)
+                .bind(posts)
+                .execute(&mut **tx)
+                .await?;
+            }
+            ops.extend(
+                rows.into_iter()
+                    .map(|(owner, post_id, _)| CacheOp::Remove { owner, post_id }),
+            );
+        }
+        Run::AuthorsRemoved(rows) => {
+            let [owners, authors] = columns(&rows.iter().map(|r| [r.0, r.1]).collect::<Vec<_>>());
+            sqlx::query(
+                "DELETE FROM follows USING UNNEST($1::bigint[], $2::bigint[]) AS r(user_id, author_id) \
+                 WHERE follows.user_id = r.user_id AND follows.author_id = r.author_id",
+            )
+            .bind(&owners)
+            .bind(&authors)
+            .execute(&mut **tx)
+            .await?;
+            let removed: Vec<(i64, i64)> = sqlx::query_as(
+                "DELETE FROM feeds USING UNNEST($1::bigint[], $2::bigint[]) AS r(user_id, author_id) \
+                 WHERE feeds.user_id = r.user_id AND feeds.author_id = r.author_id \
+                 RETURNING feeds.user_id, feeds.post_id",
+            )
+            .bind(owners)
+            .bind(authors)
+            .fetch_all(&mut **tx)
+            .await?;
+            ops.extend(
+                removed
+                    .into_iter()
+                    .map(|(owner, post_id)| CacheOp::Remove { owner, post_id }),
+            );
+        }
+        Run::FollowsStarted(rows) => {
+            // A later record for the same follow wins (a re-follow sets a new floor);
+            // within one statement that is the last row.
+            let mut latest: std::collections::BTreeMap<(i64, i64), i64> = Default::default();
+            for (owner, author, min) in rows {
+                latest.insert((owner, author), min);
+            }
+            let rows: Vec<[i64; 3]> = latest.into_iter().map(|((o, a), m)| [o, a, m]).collect();
+            let [owners, authors, mins] = columns(&rows);
+            sqlx::query(
+                "INSERT INTO follows (user_id, author_id, min_post_id) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) \
+                 ON CONFLICT (user_id, author_id) DO UPDATE SET min_post_id = excluded.min_post_id",
+            )
+            .bind(owners)
+            .bind(authors)
+            .bind(mins)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Run::Merged(rows) => {
+            let [authors, posts] = columns(&rows.iter().map(|r| [r.0, r.1]).collect::<Vec<_>>());
+            sqlx::query(
+                "INSERT INTO merged_posts (author_id, post_id) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[]) AS m(author_id, post_id) \
+                 WHERE NOT EXISTS (SELECT 1 FROM posts p WHERE p.post_id = m.post_id AND p.deleted_at IS NOT NULL) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(authors)
+            .bind(posts)
+            .execute(&mut **tx)
+            .await?;
+        }
     }
-    let owners: Vec<i64> = entries.iter().map(|e| e.0).collect();
-    let posts: Vec<i64> = entries.iter().map(|e| e.1).collect();
-    let authors: Vec<i64> = entries.iter().map(|e| e.2).collect();
-    sqlx::query(
-        "INSERT INTO feeds (user_id, post_id, author_id) \
-         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) \
-         ON CONFLICT (user_id, post_id) DO NOTHING",
-    )
-    .bind(owners)
-    .bind(posts)
-    .bind(authors)
-    .execute(&mut **tx)
-    .await
-    .map(|_| ())
+    Ok(())
 }
 
 #[cfg(test)]

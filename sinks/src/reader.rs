@@ -20,6 +20,72 @@ pub struct FeedPost {
     pub created_at: DateTime<Utc>,
 }
 
+/// Which part of a feed to read, with Mastodon's cursors. Pages are newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Only posts older than this (exclusive): the next page.
+    pub max_id: Option<PostId>,
+    /// Only posts newer than this (exclusive), the newest of them.
+    pub since_id: Option<PostId>,
+    /// Only posts newer than this (exclusive), the oldest of them: the page just newer
+    /// than the cursor (the previous page).
+    pub min_id: Option<PostId>,
+    pub limit: usize,
+}
+
+/// A page of a feed and its cursors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedPage {
+    pub posts: Vec<FeedPost>,
+    /// Newest and oldest id the page covered, for its `prev` and `next` links. They can
+    /// be set while `posts` is shorter than the limit (or empty): an entry whose post
+    /// was deleted, or has not reached PostgreSQL yet, is skipped but still passed.
+    pub newest: Option<PostId>,
+    pub oldest: Option<PostId>,
+}
+
+/// An id range of one feed, as each source reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IdRange {
+    /// Exclusive bounds.
+    pub upper: Option<i64>,
+    pub lower: Option<i64>,
+    /// Take the `limit` lowest ids of the range instead of the highest.
+    pub oldest_first: bool,
+    pub limit: usize,
+}
+
+impl IdRange {
+    fn of(request: &PageRequest) -> Self {
+        Self {
+            upper: request.max_id.map(PostId::as_i64),
+            lower: request.since_id.max(request.min_id).map(PostId::as_i64),
+            oldest_first: request.min_id.is_some(),
+            limit: request.limit,
+        }
+    }
+
+    fn is_first_page(&self) -> bool {
+        self.upper.is_none() && self.lower.is_none()
+    }
+
+    /// The range's ids among `sources`, each already in the range's order: the union,
+    /// without repeats, cut to the limit, newest first.
+    fn merge(&self, sources: [Vec<i64>; 2]) -> Vec<i64> {
+        let mut ids: Vec<i64> = sources.into_iter().flatten().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if self.oldest_first {
+            ids.truncate(self.limit);
+            ids.reverse();
+        } else {
+            ids.reverse();
+            ids.truncate(self.limit);
+        }
+        ids
+    }
+}
+
 #[derive(Clone)]
 pub struct FeedReader {
     pool: PgPool,
@@ -38,51 +104,36 @@ impl FeedReader {
         }
     }
 
-    /// Up to `limit` posts of `user`'s feed with ids below `max_id`, newest first.
-    ///
-    /// Entries whose post row has not reached PostgreSQL yet (the sink writes posts and
-    /// feed entries from different partitions) are left out until it has.
-    pub async fn page(
-        &self,
-        user: UserId,
-        max_id: Option<PostId>,
-        limit: usize,
-    ) -> Result<Vec<FeedPost>, SinkError> {
+    /// A page of `user`'s feed: the user's entries (Redis, or PostgreSQL behind it)
+    /// merged with the posts merged on read of the authors the user follows.
+    pub async fn page(&self, user: UserId, request: &PageRequest) -> Result<FeedPage, SinkError> {
+        let range = IdRange::of(request);
         let owner = user.as_i64();
-        let max_id = max_id.map(PostId::as_i64);
-        let ids = match self.cache.page(owner, max_id, limit).await {
-            Ok(CachedPage::Hit {
-                post_ids,
-                complete: true,
-            }) => {
-                self.metrics.cache_hits.inc();
-                post_ids
-            }
-            Ok(CachedPage::Hit {
-                complete: false, ..
-            }) => {
-                self.metrics.cache_misses.inc();
-                self.entry_ids(owner, max_id, limit).await?
-            }
-            Ok(CachedPage::Miss { generation }) => {
-                self.metrics.cache_misses.inc();
-                let newest = self.entry_ids(owner, None, self.cache.cap()).await?;
-                if let Err(error) = self.cache.fill(owner, &generation, &newest).await {
-                    self.metrics.cache_errors.inc();
-                    tracing::warn!(%error, user = %user, "could not fill the feed cache");
-                }
-                match max_id {
-                    None => newest.into_iter().take(limit).collect(),
-                    Some(_) => self.entry_ids(owner, max_id, limit).await?,
-                }
-            }
-            Err(error) => {
-                self.metrics.cache_errors.inc();
-                tracing::warn!(%error, "Redis unavailable; reading the feed from PostgreSQL");
-                self.entry_ids(owner, max_id, limit).await?
-            }
-        };
-        self.hydrate(&ids).await
+        let (entries, merged) = tokio::try_join!(
+            self.entry_ids(owner, &range),
+            self.merged_ids(owner, &range)
+        )?;
+        let ids = range.merge([entries, merged]);
+        let posts = self.hydrate(&ids).await?;
+        let id =
+            |value: Option<&i64>| value.and_then(|v| PostId::new(u64::try_from(*v).ok()?).ok());
+        Ok(FeedPage {
+            posts,
+            newest: id(ids.first()),
+            oldest: id(ids.last()),
+        })
+    }
+
+    /// The author of `post_id` unless it is unknown or deleted.
+    pub async fn live_post_author(&self, post_id: PostId) -> Result<Option<UserId>, SinkError> {
+        let author: Option<i64> = sqlx::query_scalar(
+            "SELECT author_id FROM posts WHERE post_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(post_id.as_i64())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|source| self.pg_error(source))?;
+        Ok(author.and_then(|id| UserId::new(u64::try_from(id).ok()?).ok()))
     }
 
     /// Whether PostgreSQL answers, for health checks.
@@ -105,29 +156,95 @@ impl FeedReader {
         }
     }
 
-    async fn entry_ids(
-        &self,
-        owner: i64,
-        max_id: Option<i64>,
-        limit: usize,
-    ) -> Result<Vec<i64>, SinkError> {
-        sqlx::query_scalar(
-            "SELECT post_id FROM feeds WHERE user_id = $1 AND post_id < $2 ORDER BY post_id DESC LIMIT $3",
-        )
+    /// The user's own entries in the range: from Redis when the cached slice covers
+    /// it, else from PostgreSQL (filling Redis on a miss).
+    async fn entry_ids(&self, owner: i64, range: &IdRange) -> Result<Vec<i64>, SinkError> {
+        match self.cache.page(owner, range).await {
+            Ok(CachedPage::Hit {
+                post_ids,
+                complete: true,
+            }) => {
+                self.metrics.cache_hits.inc();
+                Ok(post_ids)
+            }
+            Ok(CachedPage::Hit {
+                complete: false, ..
+            }) => {
+                // Beyond the cached slice: the older pages of long feeds.
+                self.metrics.cache_misses.inc();
+                self.stored_entry_ids(owner, range).await
+            }
+            Ok(CachedPage::Miss { generation }) => {
+                self.metrics.cache_misses.inc();
+                let newest_slice = IdRange {
+                    upper: None,
+                    lower: None,
+                    oldest_first: false,
+                    limit: self.cache.cap(),
+                };
+                let newest = self.stored_entry_ids(owner, &newest_slice).await?;
+                if let Err(error) = self.cache.fill(owner, &generation, &newest).await {
+                    self.metrics.cache_errors.inc();
+                    tracing::warn!(%error, user = owner, "could not fill the feed cache");
+                }
+                if range.is_first_page() {
+                    Ok(newest.into_iter().take(range.limit).collect())
+                } else {
+                    self.stored_entry_ids(owner, range).await
+                }
+            }
+            Err(error) => {
+                self.metrics.cache_errors.inc();
+                tracing::warn!(%error, "Redis unavailable; reading the feed from PostgreSQL");
+                self.stored_entry_ids(owner, range).await
+            }
+        }
+    }
+
+    async fn stored_entry_ids(&self, owner: i64, range: &IdRange) -> Result<Vec<i64>, SinkError> {
+        let order = if range.oldest_first { "ASC" } else { "DESC" };
+        sqlx::query_scalar(&format!(
+            "SELECT post_id FROM feeds WHERE user_id = $1 AND post_id < $2 AND post_id > $3 \
+             ORDER BY post_id {order} LIMIT $4"
+        ))
         .bind(owner)
-        .bind(max_id.unwrap_or(i64::MAX))
-        .bind(limit as i64)
+        .bind(range.upper.unwrap_or(i64::MAX))
+        .bind(range.lower.unwrap_or(0))
+        .bind(range.limit as i64)
         .fetch_all(&self.pool)
         .await
         .map_err(|source| self.pg_error(source))
     }
 
+    /// Posts merged on read of the authors `owner` follows, at or above each follow's
+    /// floor.
+    async fn merged_ids(&self, owner: i64, range: &IdRange) -> Result<Vec<i64>, SinkError> {
+        let order = if range.oldest_first { "ASC" } else { "DESC" };
+        sqlx::query_scalar(&format!(
+            "SELECT m.post_id FROM follows f \
+             JOIN merged_posts m ON m.author_id = f.author_id AND m.post_id >= f.min_post_id \
+             WHERE f.user_id = $1 AND m.post_id < $2 AND m.post_id > $3 \
+             ORDER BY m.post_id {order} LIMIT $4"
+        ))
+        .bind(owner)
+        .bind(range.upper.unwrap_or(i64::MAX))
+        .bind(range.lower.unwrap_or(0))
+        .bind(range.limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| self.pg_error(source))
+    }
+
+    /// The posts of `ids`, in that order, leaving out deleted ones and those whose
+    /// row has not reached PostgreSQL yet (the sink writes posts and feed entries from
+    /// different partitions).
     async fn hydrate(&self, ids: &[i64]) -> Result<Vec<FeedPost>, SinkError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let rows: Vec<(i64, i64, String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT post_id, author_id, content, created_at FROM posts WHERE post_id = ANY($1)",
+            "SELECT post_id, author_id, content, created_at FROM posts \
+             WHERE post_id = ANY($1) AND deleted_at IS NULL",
         )
         .bind(ids)
         .fetch_all(&self.pool)
@@ -149,5 +266,35 @@ impl FeedReader {
                 })
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(oldest_first: bool, limit: usize) -> IdRange {
+        IdRange {
+            upper: None,
+            lower: Some(1),
+            oldest_first,
+            limit,
+        }
+    }
+
+    #[test]
+    fn merging_takes_the_right_end_of_the_union_newest_first() {
+        // Newest first: each source gives its highest ids, descending.
+        assert_eq!(
+            range(false, 3).merge([vec![9, 5, 2], vec![8, 5, 4]]),
+            vec![9, 8, 5]
+        );
+        // Oldest first (min_id): each source gives its lowest ids, ascending; the page
+        // is still returned newest first.
+        assert_eq!(
+            range(true, 3).merge([vec![2, 5, 9], vec![4, 5, 8]]),
+            vec![5, 4, 2]
+        );
+        assert_eq!(range(true, 3).merge([vec![], vec![]]), Vec::<i64>::new());
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::cache::FeedCache;
 use crate::metrics::TargetLabel;
-use crate::postgres::{redact, write_batch, PostRow};
+use crate::postgres::{redact, write_batch, PostWrite};
 use crate::{SinkError, SinkMetrics};
 
 #[derive(Debug, Clone)]
@@ -127,7 +127,7 @@ pub async fn run(
 
 #[derive(Default)]
 struct Decoded<'r> {
-    posts: Vec<PostRow>,
+    posts: Vec<PostWrite>,
     changes: Vec<feedstream_topology::event::FeedChange>,
     dead_letters: Vec<(&'r InputRecord, String)>,
 }
@@ -144,17 +144,24 @@ fn decode<'r>(topics: &Topics, records: &'r [InputRecord]) -> Decoded<'r> {
             else {
                 continue;
             };
-            if let EventBody::PostCreated { post_id, content } = event.body {
-                decoded.posts.push(PostRow {
+            let at = Utc
+                .timestamp_millis_opt(event.timestamp)
+                .single()
+                .unwrap_or_default();
+            decoded.posts.push(match event.body {
+                EventBody::PostCreated { post_id, content } => PostWrite::Created {
                     post_id: post_id.as_i64(),
                     author_id: event.actor_id.as_i64(),
                     content,
-                    created_at: Utc
-                        .timestamp_millis_opt(event.timestamp)
-                        .single()
-                        .unwrap_or_default(),
-                });
-            }
+                    created_at: at,
+                },
+                EventBody::PostDeleted { post_id } => PostWrite::Deleted {
+                    post_id: post_id.as_i64(),
+                    author_id: event.actor_id.as_i64(),
+                    deleted_at: at,
+                },
+                EventBody::Followed { .. } | EventBody::Unfollowed { .. } => continue,
+            });
         } else {
             match serde_json::from_slice::<FeedEvent>(payload) {
                 Ok(event) => decoded.changes.push(event.change),

@@ -74,6 +74,15 @@ impl<S: KeyValueStore> KeyValueStore for ChangeCapture<S> {
         self.inner.scan_prefix(prefix)
     }
 
+    fn scan_prefix_rev(
+        &self,
+        prefix: &[u8],
+        upper: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        self.inner.scan_prefix_rev(prefix, upper, visit)
+    }
+
     fn digest(&self) -> Result<StoreDigest, StoreError> {
         self.inner.digest()
     }

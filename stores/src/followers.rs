@@ -27,18 +27,18 @@ impl<S: KeyValueStore> FollowerStore<S> {
     }
 
     /// Adds `follower` to `followee`'s followers, since the follow event `since`. An
-    /// existing edge keeps its original `since`. Returns whether the edge was new.
+    /// existing edge keeps its original `since`. Returns the edge's `since`.
     ///
     /// Writes happen even when nothing changes: after a crash the local store can be
     /// ahead of its changelog, and a replayed event must re-send what the changelog lacks.
-    pub fn add(&mut self, followee: u64, follower: u64, since: u64) -> Result<bool, StoreError> {
+    pub fn add(&mut self, followee: u64, follower: u64, since: u64) -> Result<u64, StoreError> {
         let key = edge_key(followee, follower);
         let existing = self.get(followee, follower)?;
         let since = existing.map_or(since, |edge| edge.since);
         self.kv.put(&key, &encode_value(&since)?)?;
         let count = self.count(followee)? + u64::from(existing.is_none());
         self.set_count(followee, count)?;
-        Ok(existing.is_none())
+        Ok(since)
     }
 
     /// Removes `follower` from `followee`'s followers. Returns whether it was there.
@@ -144,9 +144,8 @@ mod tests {
                 let followee = followee * 255; // 0 and 255 share leading bytes
                 let edges = model.entry(followee).or_default();
                 if add {
-                    let new = !edges.contains_key(&follower);
-                    edges.entry(follower).or_insert(step as u64);
-                    prop_assert_eq!(store.add(followee, follower, step as u64).unwrap(), new);
+                    let since = *edges.entry(follower).or_insert(step as u64);
+                    prop_assert_eq!(store.add(followee, follower, step as u64).unwrap(), since);
                 } else {
                     prop_assert_eq!(store.remove(followee, follower).unwrap(), edges.remove(&follower).is_some());
                 }

@@ -12,6 +12,16 @@ pub trait KeyValueStore {
     fn delete(&mut self, key: &[u8]) -> Result<(), StoreError>;
     /// All entries whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError>;
+    /// Visits the entries whose key starts with `prefix` and is below `upper` (itself a
+    /// key with that prefix), in
+    /// descending key order, while `visit` returns true. Reading newest-first this way
+    /// costs what is visited, not the size of the prefix.
+    fn scan_prefix_rev(
+        &self,
+        prefix: &[u8],
+        upper: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
     /// Folds every entry, in key order, into a digest (see [`StoreDigest`]).
     fn digest(&self) -> Result<StoreDigest, StoreError>;
 }

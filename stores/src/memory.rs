@@ -32,6 +32,20 @@ impl KeyValueStore for InMemoryStore {
             .collect())
     }
 
+    fn scan_prefix_rev(
+        &self,
+        prefix: &[u8],
+        upper: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        for (key, value) in self.entries.range(..upper.to_vec()).rev() {
+            if !key.starts_with(prefix) || !visit(key, value) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn digest(&self) -> Result<StoreDigest, StoreError> {
         let mut digest = StoreDigest::default();
         for (key, value) in &self.entries {

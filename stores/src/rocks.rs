@@ -107,6 +107,28 @@ impl KeyValueStore for RocksDbStore {
         Ok(entries)
     }
 
+    fn scan_prefix_rev(
+        &self,
+        prefix: &[u8],
+        upper: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        // A reverse seek lands on the last key ≤ `upper`; `upper` itself is excluded.
+        for item in self
+            .db
+            .iterator(IteratorMode::From(upper, Direction::Reverse))
+        {
+            let (key, value) = item.map_err(|source| self.error(source))?;
+            if &*key == upper {
+                continue;
+            }
+            if !key.starts_with(prefix) || !visit(&key, &value) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn digest(&self) -> Result<StoreDigest, StoreError> {
         let mut digest = StoreDigest::default();
         for item in self.db.iterator(IteratorMode::Start) {
@@ -139,6 +161,23 @@ mod tests {
                 rocks.scan_prefix(b"a").unwrap(),
                 memory.scan_prefix(b"a").unwrap()
             );
+            for (key, value) in [(&b"a5"[..], &b"v"[..]), (b"a7", b"w"), (b"0", b"u")] {
+                rocks.put(key, value).unwrap();
+                memory.put(key, value).unwrap();
+            }
+            for upper in [&b"a7"[..], b"a8", b"a5", b"a1", b"a0"] {
+                let newest_two = |store: &dyn KeyValueStore| {
+                    let mut seen = Vec::new();
+                    store
+                        .scan_prefix_rev(b"a", upper, &mut |key, _| {
+                            seen.push(key.to_vec());
+                            seen.len() < 2
+                        })
+                        .unwrap();
+                    seen
+                };
+                assert_eq!(newest_two(&rocks), newest_two(&memory), "below {upper:?}");
+            }
             rocks.flush().unwrap();
         }
         let reopened = RocksDbStore::open(&path).unwrap();

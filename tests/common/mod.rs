@@ -126,14 +126,21 @@ impl Deployment {
     }
 
     pub fn spawn_processor(&self, name: &str) -> anyhow::Result<Child> {
+        self.spawn_processor_with(name, &[])
+    }
+
+    /// A processor with its own state directory `name` and `extra` arguments.
+    pub fn spawn_processor_with(&self, name: &str, extra: &[&str]) -> anyhow::Result<Child> {
         let state = self.dir.path().join(name);
-        self.spawn(&[
+        let mut args = vec![
             "process",
             "--state-dir",
             state.to_str().unwrap_or_default(),
             "--max-task-idle-ms",
             "200",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(&args)
     }
 
     /// Starts `feedstream api` on a free port; returns it with its base URL.
@@ -262,23 +269,91 @@ impl Client {
         Ok(())
     }
 
-    /// A feed's post ids as GET /feeds returns them (newest first, duplicates kept).
-    pub async fn feed(&self, owner: u64) -> anyhow::Result<Vec<PostId>> {
-        let response = self
+    /// Deletes `post_id` as `author`. The API knows a post once the sink has stored it,
+    /// so a 404 is retried until `deadline`.
+    pub async fn delete_post(
+        &mut self,
+        author: u64,
+        post_id: PostId,
+        deadline: Duration,
+    ) -> anyhow::Result<()> {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let response = self.try_delete_post(author, post_id).await?;
+            if response.status() == reqwest::StatusCode::NOT_FOUND
+                && tokio::time::Instant::now() < until
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let body = self.accepted(response).await?;
+            self.record(
+                &body["event_id"],
+                author,
+                EventBody::PostDeleted { post_id },
+            )?;
+            return Ok(());
+        }
+    }
+
+    pub async fn try_delete_post(
+        &self,
+        caller: u64,
+        post_id: PostId,
+    ) -> anyhow::Result<reqwest::Response> {
+        Ok(self
             .http
-            .get(format!("{}/feeds/{owner}?limit=200", self.base))
+            .delete(format!("{}/posts/{post_id}", self.base))
+            .header("X-User-Id", caller.to_string())
             .send()
-            .await?;
+            .await?)
+    }
+
+    /// One page of GET /feeds: `path` is `/feeds/{user}?...` as the API's links give it.
+    pub async fn feed_page(&self, path: &str) -> anyhow::Result<FeedPageView> {
+        let response = self.http.get(format!("{}{path}", self.base)).send().await?;
         let status = response.status();
+        let link = response
+            .headers()
+            .get("link")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let body: serde_json::Value = response.json().await?;
         if !status.is_success() {
-            bail!("GET /feeds/{owner}: {status} {body}");
+            bail!("GET {path}: {status} {body}");
         }
-        body.as_array()
-            .context("feed is a JSON array")?
+        let ids = body
+            .as_array()
+            .context("a feed page is a JSON array")?
             .iter()
             .map(|post| Ok(serde_json::from_value(post["id"].clone())?))
-            .collect()
+            .collect::<anyhow::Result<Vec<PostId>>>()?;
+        Ok(FeedPageView {
+            ids,
+            next: link_target(&link, "next"),
+            prev: link_target(&link, "prev"),
+        })
+    }
+
+    /// A whole feed (newest first, duplicates kept), read page by page through the
+    /// `next` links, as a client scrolls.
+    pub async fn feed_paged(&self, owner: u64, limit: usize) -> anyhow::Result<Vec<PostId>> {
+        let mut ids = Vec::new();
+        let mut path = format!("/feeds/{owner}?limit={limit}");
+        for _ in 0..100_000 {
+            let page = self.feed_page(&path).await?;
+            ids.extend(page.ids);
+            match page.next {
+                Some(next) => path = next,
+                None => return Ok(ids),
+            }
+        }
+        bail!("feed of {owner} did not end after 100000 pages")
+    }
+
+    pub async fn feed(&self, owner: u64) -> anyhow::Result<Vec<PostId>> {
+        self.feed_paged(owner, 100).await
     }
 
     pub async fn feeds(&self, owners: &[u64]) -> anyhow::Result<BTreeMap<UserId, Vec<PostId>>> {
@@ -310,6 +385,32 @@ impl Client {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// What a client sees of one feed page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedPageView {
+    pub ids: Vec<PostId>,
+    pub next: Option<String>,
+    pub prev: Option<String>,
+}
+
+/// The target of the `rel` link in a Link header (`<target>; rel="next", ...`).
+pub fn link_target(header: &str, rel: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        let wanted = format!("rel=\"{rel}\"");
+        params
+            .split(';')
+            .any(|param| param.trim() == wanted)
+            .then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+    })
 }
 
 pub fn user(id: u64) -> UserId {

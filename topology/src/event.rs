@@ -30,6 +30,7 @@ pub struct Envelope {
 #[serde(tag = "type", content = "payload", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EventBody {
     PostCreated { post_id: PostId, content: String },
+    PostDeleted { post_id: PostId },
     Followed { followee_id: UserId },
     Unfollowed { followee_id: UserId },
 }
@@ -83,6 +84,7 @@ impl Envelope {
                 }
                 validate_content(content)
             }
+            EventBody::PostDeleted { .. } => Ok(()),
             EventBody::Followed { followee_id } | EventBody::Unfollowed { followee_id } => {
                 if *followee_id == self.actor_id {
                     Err(InvalidEvent::SelfFollow)
@@ -96,7 +98,7 @@ impl Envelope {
     /// The topic the event is published to.
     pub fn topic(&self) -> InputTopic {
         match self.body {
-            EventBody::PostCreated { .. } => InputTopic::PostEvents,
+            EventBody::PostCreated { .. } | EventBody::PostDeleted { .. } => InputTopic::PostEvents,
             EventBody::Followed { .. } | EventBody::Unfollowed { .. } => InputTopic::FollowEvents,
         }
     }
@@ -105,7 +107,7 @@ impl Envelope {
     /// about one author lands in one task.
     pub fn key(&self) -> UserId {
         match self.body {
-            EventBody::PostCreated { .. } => self.actor_id,
+            EventBody::PostCreated { .. } | EventBody::PostDeleted { .. } => self.actor_id,
             EventBody::Followed { followee_id } | EventBody::Unfollowed { followee_id } => {
                 followee_id
             }
@@ -115,6 +117,7 @@ impl Envelope {
     pub fn type_name(&self) -> &'static str {
         match self.body {
             EventBody::PostCreated { .. } => "POST_CREATED",
+            EventBody::PostDeleted { .. } => "POST_DELETED",
             EventBody::Followed { .. } => "FOLLOWED",
             EventBody::Unfollowed { .. } => "UNFOLLOWED",
         }
@@ -165,8 +168,13 @@ pub fn validate_content(content: &str) -> Result<(), InvalidEvent> {
     Ok(())
 }
 
-/// One change to one user's feed: the value of a `feed-events` record, keyed by
-/// `feed_owner_id`. Applying the same change twice has the effect of applying it once.
+/// One change to feeds: the value of a `feed-events` record, keyed by
+/// [`FeedChange::key`]. Applying the same change twice has the effect of applying it once.
+/// The schema is `topology/schema/feed-event.schema.json`.
+///
+/// A user's feed is the union of the entries added to it (fan-out on write) and, for
+/// every author the user follows, that author's posts merged on read at or above the
+/// follow's `min_post_id`; deleted posts are in no feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FeedChange {
@@ -176,18 +184,39 @@ pub enum FeedChange {
         post_id: PostId,
         author_id: UserId,
     },
+    /// `post_id` (by `author_id`) was deleted: it leaves `feed_owner_id`'s feed.
+    EntryRemoved {
+        feed_owner_id: UserId,
+        post_id: PostId,
+        author_id: UserId,
+    },
     /// No post of `author_id` is in `feed_owner_id`'s feed any more (an unfollow).
     AuthorRemoved {
         feed_owner_id: UserId,
         author_id: UserId,
     },
+    /// `feed_owner_id` follows `author_id`: the author's live posts with ids at or above
+    /// `min_post_id` (all of them when null) belong in the feed. Those fanned out arrive
+    /// as entries; those merged on read are found through this record.
+    FollowStarted {
+        feed_owner_id: UserId,
+        author_id: UserId,
+        min_post_id: Option<PostId>,
+    },
+    /// `post_id` was not fanned out (its author had more followers than the celebrity
+    /// threshold): every follower sees it at read time. Keyed by `author_id`.
+    PostMergedOnRead { author_id: UserId, post_id: PostId },
 }
 
 impl FeedChange {
-    pub fn feed_owner(&self) -> UserId {
+    /// The record key: the user whose feed changes, or the author for a post merged on read.
+    pub fn key(&self) -> UserId {
         match self {
             FeedChange::EntryAdded { feed_owner_id, .. }
-            | FeedChange::AuthorRemoved { feed_owner_id, .. } => *feed_owner_id,
+            | FeedChange::EntryRemoved { feed_owner_id, .. }
+            | FeedChange::AuthorRemoved { feed_owner_id, .. }
+            | FeedChange::FollowStarted { feed_owner_id, .. } => *feed_owner_id,
+            FeedChange::PostMergedOnRead { author_id, .. } => *author_id,
         }
     }
 }
@@ -268,6 +297,29 @@ mod tests {
                                "cause_event_id": "5", "timestamp": 9, "version": 1})
         );
         assert_eq!(serde_json::from_value::<FeedEvent>(json).unwrap(), event);
+    }
+
+    /// The published schema's examples are what this build writes and reads, and the
+    /// schema lists exactly the change types there are.
+    #[test]
+    fn the_published_schema_matches_the_code() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../schema/feed-event.schema.json")).unwrap();
+        let examples = schema["examples"].as_array().unwrap();
+        let mut types = std::collections::BTreeSet::new();
+        for example in examples {
+            let event: FeedEvent = serde_json::from_value(example.clone()).unwrap();
+            let written: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+            assert_eq!(&written, example);
+            types.insert(example["type"].as_str().unwrap().to_string());
+        }
+        let listed: std::collections::BTreeSet<String> = schema["properties"]["type"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(types, listed, "every type has an example");
     }
 
     #[test]

@@ -7,58 +7,69 @@
 //! same batch) and still yields changes whose final effect on the feeds is the same.
 
 use feedstream_stores::{
-    ChangeCapture, ChangeRecord, FollowerStore, KeyValueStore, RecentPostsStore, StoreError,
-    FOLLOWERS_STORE, RECENT_POSTS_STORE,
+    AuthorPostsStore, ChangeCapture, ChangeRecord, FollowerStore, KeyValueStore, StoreError,
+    AUTHOR_POSTS_STORE, FOLLOWERS_STORE,
 };
 
 use crate::event::{Envelope, EventBody, FeedChange};
 use crate::ids::{PostId, UserId};
 
+/// Default N: how many of an author's newest live posts a new follower receives.
+pub const DEFAULT_BACKFILL: usize = 100;
+/// Default follower count above which an author's posts are merged on read.
+pub const DEFAULT_CELEBRITY_THRESHOLD: u64 = 10_000;
+
+/// The parameters of DESIGN.md §3 that shape feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedRules {
+    /// N: how many of an author's newest live posts a new follower receives.
+    pub backfill: usize,
+    /// An author with more followers than this is not fanned out on write: followers
+    /// see the post at read time instead.
+    pub celebrity_threshold: u64,
+}
+
+impl Default for FeedRules {
+    fn default() -> Self {
+        Self {
+            backfill: DEFAULT_BACKFILL,
+            celebrity_threshold: DEFAULT_CELEBRITY_THRESHOLD,
+        }
+    }
+}
+
 /// The stores of one task, each recording its writes for the changelog.
 pub struct TaskStores<S> {
     pub followers: FollowerStore<ChangeCapture<S>>,
-    pub recent_posts: RecentPostsStore<ChangeCapture<S>>,
-    backfill: usize,
+    pub author_posts: AuthorPostsStore<ChangeCapture<S>>,
+    rules: FeedRules,
 }
 
 impl<S: KeyValueStore> TaskStores<S> {
-    /// `backfill` is N, how many of an author's newest posts a new follower receives.
-    /// `replay_slack` is how far (in records) the stores can be ahead of the committed
-    /// input: one batch. recent-posts keeps N + slack ids so that a replay against such a
-    /// store still finds the N posts that preceded a follow.
-    pub fn new(followers: S, recent_posts: S, backfill: usize, replay_slack: usize) -> Self {
-        let capacity = if backfill == 0 {
-            0
-        } else {
-            backfill + replay_slack
-        };
+    pub fn new(followers: S, author_posts: S, rules: FeedRules) -> Self {
         Self {
             followers: FollowerStore::new(ChangeCapture::new(followers)),
-            recent_posts: RecentPostsStore::new(ChangeCapture::new(recent_posts), capacity),
-            backfill,
+            author_posts: AuthorPostsStore::new(ChangeCapture::new(author_posts)),
+            rules,
         }
     }
 
     /// Writes made since the last call, per store, oldest first.
     pub fn drain_changes(&mut self) -> Vec<(&'static str, ChangeRecord)> {
         let followers = self.followers.kv_mut().drain_changes();
-        let recent = self.recent_posts.kv_mut().drain_changes();
+        let posts = self.author_posts.kv_mut().drain_changes();
         followers
             .into_iter()
             .map(|change| (FOLLOWERS_STORE, change))
-            .chain(
-                recent
-                    .into_iter()
-                    .map(|change| (RECENT_POSTS_STORE, change)),
-            )
+            .chain(posts.into_iter().map(|change| (AUTHOR_POSTS_STORE, change)))
             .collect()
     }
 
-    /// The two underlying stores: (followers, recent-posts).
+    /// The two underlying stores: (followers, author-posts).
     pub fn into_stores(self) -> (S, S) {
         (
             self.followers.into_kv().into_inner(),
-            self.recent_posts.into_kv().into_inner(),
+            self.author_posts.into_kv().into_inner(),
         )
     }
 
@@ -66,7 +77,7 @@ impl<S: KeyValueStore> TaskStores<S> {
     pub fn store_mut(&mut self, name: &str) -> Option<&mut S> {
         match name {
             FOLLOWERS_STORE => Some(self.followers.kv_mut().inner_mut()),
-            RECENT_POSTS_STORE => Some(self.recent_posts.kv_mut().inner_mut()),
+            AUTHOR_POSTS_STORE => Some(self.author_posts.kv_mut().inner_mut()),
             _ => None,
         }
     }
@@ -76,62 +87,141 @@ impl<S: KeyValueStore> TaskStores<S> {
 ///
 /// Model order is event-id order (a post's id is its POST_CREATED's event id, and an
 /// event's timestamp is the millisecond in its id). Outputs compare ids instead of
-/// trusting the stores' age: a post reaches only followers whose follow precedes it, and
-/// a follow backfills only posts that precede it. So a replay against stores that already
-/// hold later events of the same batch yields exactly the first run's changes.
+/// trusting the stores' age: a post reaches only followers whose follow precedes it, a
+/// follow backfills only posts live at the follow, and deletions are kept as marks with
+/// their event id. So a replay against stores that already hold later events of the same
+/// batch yields changes with the first run's final effect.
 pub fn apply<S: KeyValueStore>(
     event: &Envelope,
     stores: &mut TaskStores<S>,
 ) -> Result<Vec<FeedChange>, StoreError> {
+    let actor = event.actor_id;
     match &event.body {
-        EventBody::PostCreated { post_id, .. } => {
-            let author = event.actor_id;
-            stores.recent_posts.push(author.get(), post_id.get())?;
-            let followers = stores.followers.followers(author.get())?;
-            let reached = followers
-                .into_iter()
-                .filter(|follower| follower.since < post_id.get())
-                .filter_map(|follower| UserId::new(follower.id).ok());
-            Ok(std::iter::once(author)
-                .chain(reached)
-                .map(|feed_owner_id| FeedChange::EntryAdded {
-                    feed_owner_id,
-                    post_id: *post_id,
-                    author_id: author,
-                })
-                .collect())
+        EventBody::PostCreated { post_id, .. } => post_created(stores, actor, *post_id),
+        EventBody::PostDeleted { post_id } => {
+            post_deleted(stores, actor, *post_id, event.event_id.get())
         }
         EventBody::Followed { followee_id } => {
-            let follower = event.actor_id;
-            stores
-                .followers
-                .add(followee_id.get(), follower.get(), event.event_id.get())?;
-            // Backfill even when the edge already existed: on a replay the store may hold
-            // it while the first backfill never reached the broker. For a repeated follow
-            // the entries are the author's newest before it, all above the first floor.
-            let backfill = stores.recent_posts.newest_below(
-                followee_id.get(),
-                event.event_id.get(),
-                stores.backfill,
-            )?;
-            Ok(backfill
-                .into_iter()
-                .filter_map(|id| PostId::new(id).ok())
-                .map(|post_id| FeedChange::EntryAdded {
-                    feed_owner_id: follower,
-                    post_id,
-                    author_id: *followee_id,
-                })
-                .collect())
+            followed(stores, actor, *followee_id, event.event_id.get())
         }
         EventBody::Unfollowed { followee_id } => {
-            stores
-                .followers
-                .remove(followee_id.get(), event.actor_id.get())?;
+            stores.followers.remove(followee_id.get(), actor.get())?;
             Ok(vec![FeedChange::AuthorRemoved {
-                feed_owner_id: event.actor_id,
+                feed_owner_id: actor,
                 author_id: *followee_id,
             }])
         }
     }
+}
+
+/// The author's own feed always gets the post. Followers get an entry each (fan-out on
+/// write), unless the author is a celebrity: then one record says the post is merged on
+/// read, whatever the number of followers.
+fn post_created<S: KeyValueStore>(
+    stores: &mut TaskStores<S>,
+    author: UserId,
+    post_id: PostId,
+) -> Result<Vec<FeedChange>, StoreError> {
+    stores.author_posts.record(author.get(), post_id.get())?;
+    let own = FeedChange::EntryAdded {
+        feed_owner_id: author,
+        post_id,
+        author_id: author,
+    };
+    if stores.followers.count(author.get())? > stores.rules.celebrity_threshold {
+        return Ok(vec![
+            own,
+            FeedChange::PostMergedOnRead {
+                author_id: author,
+                post_id,
+            },
+        ]);
+    }
+    let reached = stores
+        .followers
+        .followers(author.get())?
+        .into_iter()
+        .filter(|follower| follower.since < post_id.get())
+        .filter_map(|follower| UserId::new(follower.id).ok())
+        .map(|feed_owner_id| FeedChange::EntryAdded {
+            feed_owner_id,
+            post_id,
+            author_id: author,
+        });
+    Ok(std::iter::once(own).chain(reached).collect())
+}
+
+/// Only the author deletes a post; an unknown one changes nothing. The removal goes to
+/// every current follower, whatever their follow's age: a backfill may have given the
+/// post to a follower who followed after it was written.
+fn post_deleted<S: KeyValueStore>(
+    stores: &mut TaskStores<S>,
+    author: UserId,
+    post_id: PostId,
+    deleted_by: u64,
+) -> Result<Vec<FeedChange>, StoreError> {
+    if !stores
+        .author_posts
+        .mark_deleted(author.get(), post_id.get(), deleted_by)?
+    {
+        return Ok(Vec::new());
+    }
+    let followers = stores
+        .followers
+        .followers(author.get())?
+        .into_iter()
+        .filter_map(|follower| UserId::new(follower.id).ok());
+    Ok(std::iter::once(author)
+        .chain(followers)
+        .map(|feed_owner_id| FeedChange::EntryRemoved {
+            feed_owner_id,
+            post_id,
+            author_id: author,
+        })
+        .collect())
+}
+
+/// Backfills the followee's N newest posts live at the follow and records where the
+/// follow's view of the author begins (for posts merged on read).
+///
+/// A repeated follow keeps the first follow's `since` (the store keeps the edge), so its
+/// window and floor are the first follow's; only posts still live are sent again. That
+/// also covers a replay, where the store may hold the edge while the first backfill
+/// never reached the broker.
+fn followed<S: KeyValueStore>(
+    stores: &mut TaskStores<S>,
+    follower: UserId,
+    author: UserId,
+    event_id: u64,
+) -> Result<Vec<FeedChange>, StoreError> {
+    let since = stores
+        .followers
+        .add(author.get(), follower.get(), event_id)?;
+    let backfill = stores.rules.backfill;
+    let window = stores
+        .author_posts
+        .newest_live_at(author.get(), since, backfill)?;
+    let min_post_id = if backfill == 0 {
+        PostId::new(since).ok()
+    } else if window.len() == backfill {
+        window.last().and_then(|post| PostId::new(post.id).ok())
+    } else {
+        None
+    };
+    let entries = window
+        .iter()
+        .filter(|post| post.live_at(event_id))
+        .filter_map(|post| PostId::new(post.id).ok())
+        .map(|post_id| FeedChange::EntryAdded {
+            feed_owner_id: follower,
+            post_id,
+            author_id: author,
+        });
+    Ok(entries
+        .chain(std::iter::once(FeedChange::FollowStarted {
+            feed_owner_id: follower,
+            author_id: author,
+            min_post_id,
+        }))
+        .collect())
 }

@@ -10,7 +10,8 @@ use crate::ids::{PostId, UserId};
 /// Every user's expected feed (post ids), for the given backfill size N.
 ///
 /// Events are ordered by (`timestamp`, `event_id`); invalid ones are ignored, as the
-/// processor dead-letters them. Users whose feed is empty are absent.
+/// processor dead-letters them. Users whose feed is empty are absent. The celebrity
+/// threshold is deliberately not a parameter: the feed must not depend on it.
 pub fn expected_feeds(events: &[Envelope], backfill: usize) -> BTreeMap<UserId, BTreeSet<PostId>> {
     let mut ordered: Vec<&Envelope> = events.iter().filter(|e| e.validate().is_ok()).collect();
     ordered.sort_by_key(|event| (event.timestamp, event.event_id));
@@ -23,6 +24,12 @@ pub fn expected_feeds(events: &[Envelope], backfill: usize) -> BTreeMap<UserId, 
         match &event.body {
             EventBody::PostCreated { post_id, .. } => {
                 posts.entry(actor).or_default().insert(*post_id);
+            }
+            EventBody::PostDeleted { post_id } => {
+                // Only the author deletes; a delete of anyone else's post is a no-op.
+                if let Some(authored) = posts.get_mut(&actor) {
+                    authored.remove(post_id);
+                }
             }
             EventBody::Followed { followee_id } => {
                 let authored = posts.get(followee_id);
@@ -52,7 +59,8 @@ pub fn expected_feeds(events: &[Envelope], backfill: usize) -> BTreeMap<UserId, 
     feeds
 }
 
-/// The floor of a follow that begins now: the id of the author's N-th newest live post;
+/// The floor of a follow that begins now (`authored` holds live posts only): the id of
+/// the author's N-th newest live post;
 /// the smallest if there are fewer; the next id to be issued if N = 0.
 fn floor(authored: Option<&BTreeSet<PostId>>, backfill: usize) -> u64 {
     let Some(authored) = authored.filter(|posts| !posts.is_empty()) else {
@@ -69,11 +77,16 @@ fn floor(authored: Option<&BTreeSet<PostId>>, backfill: usize) -> u64 {
         .map_or(0, |post| post.get())
 }
 
-/// Feeds materialized from feed changes with the sinks' semantics: entries keyed by
-/// (owner, post), so applying a change again is harmless.
+/// Feeds as the sinks and the read path build them from feed changes: entries keyed by
+/// (owner, post), so applying a change again is harmless, and, at read time, the union of
+/// a user's entries with the posts merged on read of every author the user follows, at
+/// or above that follow's `min_post_id`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FeedView {
-    feeds: BTreeMap<UserId, BTreeMap<PostId, UserId>>,
+    entries: BTreeMap<UserId, BTreeMap<PostId, UserId>>,
+    /// (follower, author) → min_post_id (0: all).
+    follows: BTreeMap<(UserId, UserId), u64>,
+    merged: BTreeMap<UserId, BTreeSet<PostId>>,
 }
 
 impl FeedView {
@@ -84,28 +97,71 @@ impl FeedView {
                 post_id,
                 author_id,
             } => {
-                self.feeds
+                self.entries
                     .entry(*feed_owner_id)
                     .or_default()
                     .insert(*post_id, *author_id);
+            }
+            FeedChange::EntryRemoved {
+                feed_owner_id,
+                post_id,
+                author_id,
+            } => {
+                if let Some(feed) = self.entries.get_mut(feed_owner_id) {
+                    if feed.get(post_id) == Some(author_id) {
+                        feed.remove(post_id);
+                    }
+                }
+                // The author's own removal is the deletion itself.
+                if feed_owner_id == author_id {
+                    if let Some(posts) = self.merged.get_mut(author_id) {
+                        posts.remove(post_id);
+                    }
+                }
             }
             FeedChange::AuthorRemoved {
                 feed_owner_id,
                 author_id,
             } => {
-                if let Some(feed) = self.feeds.get_mut(feed_owner_id) {
+                if let Some(feed) = self.entries.get_mut(feed_owner_id) {
                     feed.retain(|_, author| author != author_id);
                 }
+                self.follows.remove(&(*feed_owner_id, *author_id));
+            }
+            FeedChange::FollowStarted {
+                feed_owner_id,
+                author_id,
+                min_post_id,
+            } => {
+                self.follows.insert(
+                    (*feed_owner_id, *author_id),
+                    min_post_id.map_or(0, PostId::get),
+                );
+            }
+            FeedChange::PostMergedOnRead { author_id, post_id } => {
+                self.merged.entry(*author_id).or_default().insert(*post_id);
             }
         }
     }
 
     /// Each feed's post ids, newest first, without empty feeds.
     pub fn feeds(&self) -> BTreeMap<UserId, Vec<PostId>> {
-        self.feeds
+        let mut feeds: BTreeMap<UserId, BTreeSet<PostId>> = self
+            .entries
             .iter()
+            .map(|(owner, feed)| (*owner, feed.keys().copied().collect()))
+            .collect();
+        for ((follower, author), min) in &self.follows {
+            let merged = self.merged.get(author).into_iter().flatten();
+            feeds
+                .entry(*follower)
+                .or_default()
+                .extend(merged.filter(|post| post.get() >= *min));
+        }
+        feeds
+            .into_iter()
             .filter(|(_, feed)| !feed.is_empty())
-            .map(|(owner, feed)| (*owner, feed.keys().rev().copied().collect()))
+            .map(|(owner, feed)| (owner, feed.into_iter().rev().collect()))
             .collect()
     }
 }

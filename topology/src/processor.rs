@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::dead_letter::{dead_letter, Stage};
 use crate::event::{Envelope, FeedEvent, InputTopic, EVENT_ID_HEADER, FEED_EVENT_VERSION};
-use crate::feed::{apply, TaskStores};
+use crate::feed::{apply, FeedRules, TaskStores};
 use crate::kafka::{
     self, Delivered, GroupConsumer, InputRecord, KafkaFailure, KafkaSettings, MembershipChange,
     OutboundRecord, Outbox, TopicPartition,
@@ -34,8 +34,7 @@ pub struct ProcessorSettings {
     pub topics: Topics,
     /// Stores live under `<state_dir>/<application-id>/task-<i>/<store>`.
     pub state_dir: PathBuf,
-    /// N: how many of an author's newest posts a new follower receives.
-    pub backfill: usize,
+    pub rules: FeedRules,
     pub max_batch_records: usize,
     pub max_batch_wait: Duration,
     /// How long a task waits for a lagging input before processing the other anyway.
@@ -140,12 +139,7 @@ impl Task {
         Ok(Self {
             partition,
             dir,
-            stores: TaskStores::new(
-                opened.followers,
-                opened.recent_posts,
-                settings.backfill,
-                settings.max_batch_records,
-            ),
+            stores: TaskStores::new(opened.followers, opened.author_posts, settings.rules),
             positions,
             posts: VecDeque::new(),
             follows: VecDeque::new(),
@@ -441,8 +435,7 @@ impl Runtime<'_> {
     }
 
     /// Applies up to one batch of records that stream time allows, one record per task
-    /// in turn, so that no task starves the others. The bound matters: stores are at
-    /// most one batch ahead of the committed input (see `TaskStores::new`).
+    /// in turn, so that no task starves the others and a crash replays at most one batch.
     fn process_ready(&mut self) -> Result<Effects, ProcessorError> {
         let mut effects = Effects::default();
         let mut partitions: Vec<i32> = self.tasks.keys().copied().collect();
@@ -622,7 +615,7 @@ fn process_record(
             let changes = apply(&event, &mut task.stores)?;
             effects.feed_changes += changes.len() as u64;
             for change in changes {
-                let key = change.feed_owner().to_string().into_bytes();
+                let key = change.key().to_string().into_bytes();
                 let value = FeedEvent {
                     change,
                     cause_event_id: event.event_id,

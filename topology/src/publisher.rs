@@ -72,6 +72,10 @@ impl EventPublisher {
         })
     }
 
+    pub fn post_deleted(&self, author: UserId, post_id: PostId) -> Envelope {
+        self.envelope(author, |_| EventBody::PostDeleted { post_id })
+    }
+
     pub fn followed(&self, follower: UserId, followee: UserId) -> Envelope {
         self.envelope(follower, |_| EventBody::Followed {
             followee_id: followee,

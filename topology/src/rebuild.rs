@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use feedstream_stores::{
-    InMemoryStore, KeyValueStore, RocksDbStore, StoreDigest, FOLLOWERS_STORE, RECENT_POSTS_STORE,
+    InMemoryStore, KeyValueStore, RocksDbStore, StoreDigest, AUTHOR_POSTS_STORE, FOLLOWERS_STORE,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::event::{Envelope, InputTopic};
-use crate::feed::{apply, TaskStores};
+use crate::feed::{apply, FeedRules, TaskStores};
 use crate::kafka::{self, KafkaFailure, KafkaSettings, OutboundRecord, Outbox};
 use crate::processor::task_dir;
 use crate::state::{replay_changelog, Checkpoint, StateError, StateOpener};
@@ -23,13 +23,10 @@ pub struct RebuildSettings {
     pub kafka: KafkaSettings,
     pub topics: Topics,
     pub state_dir: PathBuf,
-    /// `followers` or `recent-posts`.
+    /// `followers` or `author-posts`.
     pub store: &'static str,
     /// Rebuild by replaying the source topic instead of the changelog.
     pub from_source: bool,
-    /// The processor's N and batch size: recent-posts' capacity depends on them.
-    pub backfill: usize,
-    pub max_batch_records: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,12 +148,8 @@ async fn rebuild_from_source(
     } else {
         (other, target)
     };
-    let mut stores = TaskStores::new(
-        followers,
-        recent,
-        settings.backfill,
-        settings.max_batch_records,
-    );
+    // Store content does not depend on the rules; only the discarded outputs do.
+    let mut stores = TaskStores::new(followers, recent, FeedRules::default());
 
     let consumer = kafka::standalone_consumer(
         &settings.kafka,
@@ -179,7 +172,7 @@ async fn rebuild_from_source(
     let name = settings.store;
     let store = match name {
         FOLLOWERS_STORE => stores.store_mut(FOLLOWERS_STORE),
-        _ => stores.store_mut(RECENT_POSTS_STORE),
+        _ => stores.store_mut(AUTHOR_POSTS_STORE),
     }
     .ok_or(RebuildError::InUse {
         path: path.display().to_string(),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use feedstream_stores::{
-    KeyValueStore, RocksDbStore, StoreError, FOLLOWERS_STORE, RECENT_POSTS_STORE,
+    KeyValueStore, RocksDbStore, StoreError, AUTHOR_POSTS_STORE, FOLLOWERS_STORE,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -143,7 +143,7 @@ pub struct Restored {
 /// A task's stores, restored.
 pub struct OpenedTask {
     pub followers: RocksDbStore,
-    pub recent_posts: RocksDbStore,
+    pub author_posts: RocksDbStore,
     pub restored: Vec<Restored>,
 }
 
@@ -176,8 +176,8 @@ impl StateOpener<'_> {
         };
         let (followers, followers_restored) =
             self.open_store(FOLLOWERS_STORE, from(FOLLOWERS_STORE), progress)?;
-        let (recent_posts, recent_restored) =
-            self.open_store(RECENT_POSTS_STORE, from(RECENT_POSTS_STORE), progress)?;
+        let (author_posts, recent_restored) =
+            self.open_store(AUTHOR_POSTS_STORE, from(AUTHOR_POSTS_STORE), progress)?;
         let restored = vec![followers_restored, recent_restored];
         Checkpoint {
             offsets: restored
@@ -188,7 +188,7 @@ impl StateOpener<'_> {
         .write(self.task_dir)?;
         Ok(OpenedTask {
             followers,
-            recent_posts,
+            author_posts,
             restored,
         })
     }
@@ -369,7 +369,7 @@ mod tests {
         let checkpoint = Checkpoint {
             offsets: BTreeMap::from([
                 ("followers".to_string(), 42),
-                ("recent-posts".to_string(), 0),
+                ("author-posts".to_string(), 0),
             ]),
         };
         checkpoint.write(dir.path()).unwrap();

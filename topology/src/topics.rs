@@ -10,10 +10,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 
 use crate::kafka::{KafkaFailure, KafkaSettings};
-use feedstream_stores::{FOLLOWERS_STORE, RECENT_POSTS_STORE};
+use feedstream_stores::{AUTHOR_POSTS_STORE, FOLLOWERS_STORE};
 
 /// The stores of the feed topology, each with a changelog topic.
-pub const STORES: [&str; 2] = [FOLLOWERS_STORE, RECENT_POSTS_STORE];
+pub const STORES: [&str; 2] = [FOLLOWERS_STORE, AUTHOR_POSTS_STORE];
 
 /// Names of every topic of one deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,7 +340,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(&error, TopicsError::Missing { missing } if missing == &["app-followers-changelog", "app-recent-posts-changelog"])
+            matches!(&error, TopicsError::Missing { missing } if missing == &["app-followers-changelog", "app-author-posts-changelog"])
         );
         assert!(error.to_string().contains("feedstream topics create"));
     }
@@ -352,7 +352,7 @@ mod tests {
             ("post-events", 4),
             ("follow-events", 4),
             ("app-followers-changelog", 4),
-            ("app-recent-posts-changelog", 4),
+            ("app-author-posts-changelog", 4),
         ]);
         assert_eq!(check_layout(&layout, &topics, true).unwrap(), 4);
         let mut wrong_changelog = layout.clone();

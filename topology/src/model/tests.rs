@@ -1,16 +1,19 @@
 use feedstream_stores::{
-    ChangeRecord, InMemoryStore, KeyValueStore, FOLLOWERS_STORE, RECENT_POSTS_STORE,
+    ChangeRecord, InMemoryStore, KeyValueStore, AUTHOR_POSTS_STORE, FOLLOWERS_STORE,
 };
 use proptest::prelude::*;
 
 use super::*;
 use crate::event::ENVELOPE_VERSION;
-use crate::feed::{apply, TaskStores};
+use crate::feed::{apply, FeedRules, TaskStores};
 use crate::ids::EventId;
 
 #[derive(Debug, Clone)]
 enum Op {
     Post(u64),
+    /// Deletes an earlier post (the number modulo the posts so far); by its author
+    /// unless `by_other`.
+    Delete(usize, bool),
     Follow(u64, u64),
     Unfollow(u64, u64),
 }
@@ -19,6 +22,7 @@ fn op() -> impl Strategy<Value = Op> {
     let user = 1u64..=4;
     prop_oneof![
         3 => user.clone().prop_map(Op::Post),
+        1 => (any::<usize>(), prop::bool::weighted(0.2)).prop_map(|(i, other)| Op::Delete(i, other)),
         2 => (user.clone(), user.clone()).prop_map(|(f, a)| Op::Follow(f, a)),
         1 => (user.clone(), user).prop_map(|(f, a)| Op::Unfollow(f, a)),
     ]
@@ -30,50 +34,70 @@ fn uid(id: u64) -> UserId {
 
 /// Envelopes in model order: event id i+1 at millisecond i; a post's id is its event id.
 fn history(ops: &[Op]) -> Vec<Envelope> {
-    ops.iter()
-        .enumerate()
-        .filter(|(_, op)| !matches!(op, Op::Follow(f, a) | Op::Unfollow(f, a) if f == a))
-        .map(|(i, op)| {
-            let event_id = i as u64 + 1;
-            let (actor, body) = match *op {
-                Op::Post(author) => (
-                    author,
+    let mut posts: Vec<(u64, u64)> = Vec::new();
+    let mut events = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let event_id = i as u64 + 1;
+        let (actor, body) = match op {
+            Op::Follow(f, a) | Op::Unfollow(f, a) if f == a => continue,
+            Op::Delete(..) if posts.is_empty() => continue,
+            Op::Post(author) => {
+                posts.push((*author, event_id));
+                (
+                    *author,
                     EventBody::PostCreated {
                         post_id: PostId::new(event_id).unwrap(),
                         content: "x".into(),
                     },
-                ),
-                Op::Follow(f, a) => (
-                    f,
-                    EventBody::Followed {
-                        followee_id: uid(a),
-                    },
-                ),
-                Op::Unfollow(f, a) => (
-                    f,
-                    EventBody::Unfollowed {
-                        followee_id: uid(a),
-                    },
-                ),
-            };
-            Envelope {
-                event_id: EventId::new(event_id).unwrap(),
-                body,
-                actor_id: uid(actor),
-                timestamp: i as i64,
-                version: ENVELOPE_VERSION,
+                )
             }
-        })
-        .collect()
+            Op::Delete(which, by_other) => {
+                let (author, post) = posts[which % posts.len()];
+                let actor = if *by_other { author % 4 + 1 } else { author };
+                (
+                    actor,
+                    EventBody::PostDeleted {
+                        post_id: PostId::new(post).unwrap(),
+                    },
+                )
+            }
+            Op::Follow(f, a) => (
+                *f,
+                EventBody::Followed {
+                    followee_id: uid(*a),
+                },
+            ),
+            Op::Unfollow(f, a) => (
+                *f,
+                EventBody::Unfollowed {
+                    followee_id: uid(*a),
+                },
+            ),
+        };
+        events.push(Envelope {
+            event_id: EventId::new(event_id).unwrap(),
+            body,
+            actor_id: uid(actor),
+            timestamp: i as i64,
+            version: ENVELOPE_VERSION,
+        });
+    }
+    events
 }
 
-fn stores(backfill: usize, slack: usize) -> TaskStores<InMemoryStore> {
+fn stores(backfill: usize, celebrity_threshold: u64) -> TaskStores<InMemoryStore> {
     TaskStores::new(
         InMemoryStore::default(),
         InMemoryStore::default(),
-        backfill,
-        slack,
+        rules(backfill, celebrity_threshold),
     )
+}
+
+fn rules(backfill: usize, celebrity_threshold: u64) -> FeedRules {
+    FeedRules {
+        backfill,
+        celebrity_threshold,
+    }
 }
 
 fn as_sets(feeds: BTreeMap<UserId, Vec<PostId>>) -> BTreeMap<UserId, BTreeSet<PostId>> {
@@ -115,18 +139,20 @@ fn writes_of(changes: &[(&'static str, ChangeRecord)], store: &str) -> Vec<Chang
 
 fn snapshot(stores: &mut TaskStores<InMemoryStore>) -> (InMemoryStore, InMemoryStore) {
     let followers = stores.store_mut(FOLLOWERS_STORE).unwrap().clone();
-    let recent = stores.store_mut(RECENT_POSTS_STORE).unwrap().clone();
+    let recent = stores.store_mut(AUTHOR_POSTS_STORE).unwrap().clone();
     (followers, recent)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// Processed in order, the topology's feed changes materialize exactly the model.
+    /// Processed in order, the topology's feed changes materialize exactly the model,
+    /// whatever the celebrity threshold: with 4 users and thresholds 0..=3, authors cross
+    /// it in both directions as follows come and go.
     #[test]
-    fn topology_matches_the_model(ops in proptest::collection::vec(op(), 0..80), backfill in 0usize..4) {
+    fn topology_matches_the_model(ops in proptest::collection::vec(op(), 0..80), backfill in 0usize..4, threshold in 0u64..4) {
         let events = history(&ops);
-        let mut stores = stores(backfill, 0);
+        let mut stores = stores(backfill, threshold);
         let mut view = FeedView::default();
         for event in &events {
             for change in apply(event, &mut stores).unwrap() {
@@ -146,6 +172,7 @@ proptest! {
     fn crash_and_replay_of_a_batch_matches_the_model(
         ops in proptest::collection::vec(op(), 1..80),
         backfill in 0usize..4,
+        threshold in 0u64..4,
         batch in 1usize..6,
         crash_at in any::<prop::sample::Index>(),
         delivered in proptest::collection::vec(any::<bool>(), 64),
@@ -155,7 +182,7 @@ proptest! {
         let batches: Vec<&[Envelope]> = events.chunks(batch).collect();
         prop_assume!(!batches.is_empty());
         let crashed = crash_at.index(batches.len());
-        let mut stores = stores(backfill, batch);
+        let mut stores = stores(backfill, threshold);
         let mut view = FeedView::default();
         for (index, records) in batches.iter().enumerate() {
             if index == crashed {
@@ -169,8 +196,8 @@ proptest! {
                     store
                 };
                 let followers = restore(followers_before, FOLLOWERS_STORE, &kept.0);
-                let recent = restore(recent_before, RECENT_POSTS_STORE, &kept.1);
-                stores = TaskStores::new(followers, recent, backfill, batch);
+                let recent = restore(recent_before, AUTHOR_POSTS_STORE, &kept.1);
+                stores = TaskStores::new(followers, recent, rules(backfill, threshold));
             }
             for event in records.iter() {
                 for change in apply(event, &mut stores).unwrap() {
@@ -195,6 +222,7 @@ proptest! {
     fn replay_against_a_store_ahead_of_its_changelog_converges(
         ops in proptest::collection::vec(op(), 1..80),
         backfill in 0usize..4,
+        threshold in 0u64..4,
         batch in 1usize..6,
         crash_at in any::<prop::sample::Index>(),
         delivered in proptest::collection::vec(any::<bool>(), 64),
@@ -204,7 +232,7 @@ proptest! {
         let batches: Vec<&[Envelope]> = events.chunks(batch).collect();
         prop_assume!(!batches.is_empty());
         let crashed = crash_at.index(batches.len());
-        let mut stores = stores(backfill, batch);
+        let mut stores = stores(backfill, threshold);
         let mut view = FeedView::default();
         let mut changelog: Vec<(&'static str, ChangeRecord)> = Vec::new();
         for (index, records) in batches.iter().enumerate() {
@@ -212,7 +240,7 @@ proptest! {
                 let changes = crashed_batch(records, &mut stores, &mut view, &delivered);
                 // Each store's changelog kept a prefix of the batch's records; restoring
                 // from the checkpoint re-applies that prefix onto the kept store.
-                for (name, keep) in [(FOLLOWERS_STORE, &kept.0), (RECENT_POSTS_STORE, &kept.1)] {
+                for (name, keep) in [(FOLLOWERS_STORE, &kept.0), (AUTHOR_POSTS_STORE, &kept.1)] {
                     let log = writes_of(&changes, name);
                     let kept_records = keep.index(log.len() + 1);
                     for change in log.into_iter().take(kept_records) {
@@ -238,19 +266,9 @@ proptest! {
             store.scan_prefix(&[]).unwrap()
         };
         let local = |stores: &mut TaskStores<InMemoryStore>, name: &str| stores.store_mut(name).unwrap().scan_prefix(&[]).unwrap();
-        // Every follower write is re-sent by the replay: the changelog converges exactly.
-        prop_assert_eq!(rebuilt(FOLLOWERS_STORE), local(&mut stores, FOLLOWERS_STORE));
-        // recent-posts may keep, in the changelog, an eviction the crash lost: an id
-        // older than every id the local store holds for that author. Such an id is a
-        // real post; the next post of the author evicts it again.
-        let kept_locally = local(&mut stores, RECENT_POSTS_STORE);
-        let from_changelog = rebuilt(RECENT_POSTS_STORE);
-        for entry in &kept_locally {
-            prop_assert!(from_changelog.contains(entry), "changelog lacks a recent post the store holds");
-        }
-        for (key, _) in from_changelog.iter().filter(|entry| !kept_locally.contains(entry)) {
-            let oldest_local = kept_locally.iter().map(|(k, _)| k).find(|k| k[..8] == key[..8]);
-            prop_assert!(oldest_local.is_some_and(|oldest| key < oldest), "extra changelog entry {:?} is not an old eviction", key);
+        // Every write is re-sent by the replay: each changelog rebuilds its store exactly.
+        for name in [FOLLOWERS_STORE, AUTHOR_POSTS_STORE] {
+            prop_assert_eq!(rebuilt(name), local(&mut stores, name), "store {}", name);
         }
     }
 }
@@ -305,4 +323,71 @@ fn invalid_events_are_not_part_of_the_model() {
     }; // self-follow
     let feeds = expected_feeds(&events, 5);
     assert!(!feeds.contains_key(&uid(2)));
+}
+
+#[test]
+fn a_deleted_post_leaves_every_feed_and_later_backfills_skip_it() {
+    let ops = [
+        Op::Post(1),
+        Op::Post(1),
+        Op::Post(1),
+        Op::Follow(2, 1),
+        Op::Delete(2, false),
+        Op::Follow(3, 1),
+    ];
+    let events = history(&ops);
+    let post = |i: u64| PostId::new(i).unwrap();
+    assert_eq!(
+        expected_feeds(&events[..4], 2)[&uid(2)],
+        [post(2), post(3)].into()
+    );
+    let feeds = expected_feeds(&events, 2);
+    assert_eq!(feeds[&uid(1)], [post(1), post(2)].into());
+    assert_eq!(feeds[&uid(2)], [post(2)].into());
+    // The two newest live posts when 3 follows.
+    assert_eq!(feeds[&uid(3)], [post(1), post(2)].into());
+
+    let mut stores = stores(2, 0);
+    let mut view = FeedView::default();
+    for event in &events {
+        for change in apply(event, &mut stores).unwrap() {
+            view.apply(&change);
+        }
+    }
+    assert_eq!(as_sets(view.feeds()), feeds);
+}
+
+#[test]
+fn a_celebrity_post_is_one_record_whatever_the_followers() {
+    let ops = [
+        Op::Follow(2, 1),
+        Op::Follow(3, 1),
+        Op::Follow(4, 1),
+        Op::Post(1),
+    ];
+    let events = history(&ops);
+    let mut stores = stores(5, 2);
+    let mut view = FeedView::default();
+    let mut last = Vec::new();
+    for event in &events {
+        last = apply(event, &mut stores).unwrap();
+        last.iter().for_each(|change| view.apply(change));
+    }
+    let post = PostId::new(4).unwrap();
+    assert_eq!(
+        last,
+        vec![
+            FeedChange::EntryAdded {
+                feed_owner_id: uid(1),
+                post_id: post,
+                author_id: uid(1)
+            },
+            FeedChange::PostMergedOnRead {
+                author_id: uid(1),
+                post_id: post
+            },
+        ]
+    );
+    assert_eq!(as_sets(view.feeds()), expected_feeds(&events, 5));
+    assert_eq!(view.feeds()[&uid(3)], vec![post]);
 }
