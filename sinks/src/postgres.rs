@@ -75,12 +75,18 @@ pub(crate) enum CacheOp {
 }
 
 /// Consecutive changes of one kind, written with one statement.
+/// Rows are the statement's columns in order.
 enum Run {
-    Added(Vec<(i64, i64, i64)>),
-    Removed(Vec<(i64, i64, i64)>),
-    AuthorsRemoved(Vec<(i64, i64)>),
-    FollowsStarted(Vec<(i64, i64, i64)>),
-    Merged(Vec<(i64, i64)>),
+    /// [user, post, author]
+    Added(Vec<[i64; 3]>),
+    /// [user, post, author]
+    Removed(Vec<[i64; 3]>),
+    /// [user, author]
+    AuthorsRemoved(Vec<[i64; 2]>),
+    /// [user, author, min post id]
+    FollowsStarted(Vec<[i64; 3]>),
+    /// [author, post]
+    Merged(Vec<[i64; 2]>),
 }
 
 impl Run {
@@ -90,35 +96,35 @@ impl Run {
                 feed_owner_id,
                 post_id,
                 author_id,
-            } => Run::Added(vec![(
+            } => Run::Added(vec![[
                 feed_owner_id.as_i64(),
                 post_id.as_i64(),
                 author_id.as_i64(),
-            )]),
+            ]]),
             FeedChange::EntryRemoved {
                 feed_owner_id,
                 post_id,
                 author_id,
-            } => Run::Removed(vec![(
+            } => Run::Removed(vec![[
                 feed_owner_id.as_i64(),
                 post_id.as_i64(),
                 author_id.as_i64(),
-            )]),
+            ]]),
             FeedChange::AuthorRemoved {
                 feed_owner_id,
                 author_id,
-            } => Run::AuthorsRemoved(vec![(feed_owner_id.as_i64(), author_id.as_i64())]),
+            } => Run::AuthorsRemoved(vec![[feed_owner_id.as_i64(), author_id.as_i64()]]),
             FeedChange::FollowStarted {
                 feed_owner_id,
                 author_id,
                 min_post_id,
-            } => Run::FollowsStarted(vec![(
+            } => Run::FollowsStarted(vec![[
                 feed_owner_id.as_i64(),
                 author_id.as_i64(),
                 min_post_id.map_or(0, PostId::as_i64),
-            )]),
+            ]]),
             FeedChange::PostMergedOnRead { author_id, post_id } => {
-                Run::Merged(vec![(author_id.as_i64(), post_id.as_i64())])
+                Run::Merged(vec![[author_id.as_i64(), post_id.as_i64()]])
             }
         }
     }
@@ -126,12 +132,11 @@ impl Run {
     /// Appends `next` if it is of the same kind; otherwise hands it back.
     fn absorb(&mut self, next: Run) -> Option<Run> {
         match (self, next) {
-            (Run::Added(rows), Run::Added(more)) | (Run::Removed(rows), Run::Removed(more)) => {
-                rows.extend(more)
-            }
+            (Run::Added(rows), Run::Added(more))
+            | (Run::Removed(rows), Run::Removed(more))
+            | (Run::FollowsStarted(rows), Run::FollowsStarted(more)) => rows.extend(more),
             (Run::AuthorsRemoved(rows), Run::AuthorsRemoved(more))
             | (Run::Merged(rows), Run::Merged(more)) => rows.extend(more),
-            (Run::FollowsStarted(rows), Run::FollowsStarted(more)) => rows.extend(more),
             (_, next) => return Some(next),
         }
         None
@@ -179,46 +184,51 @@ async fn write_posts(
     tx: &mut Transaction<'_, Postgres>,
     posts: &[PostWrite],
 ) -> Result<(), sqlx::Error> {
-    let mut created: (Vec<i64>, Vec<i64>, Vec<&str>, Vec<DateTime<Utc>>) = Default::default();
-    let mut deleted: (Vec<i64>, Vec<i64>, Vec<DateTime<Utc>>) = Default::default();
+    let mut created_ids = Vec::new();
+    let mut created_authors = Vec::new();
+    let mut contents: Vec<&str> = Vec::new();
+    let mut created_at = Vec::new();
+    let mut deleted_ids = Vec::new();
+    let mut deleted_authors = Vec::new();
+    let mut deleted_at = Vec::new();
     for post in posts {
         match post {
             PostWrite::Created {
                 post_id,
                 author_id,
                 content,
-                created_at,
+                created_at: at,
             } => {
-                created.0.push(*post_id);
-                created.1.push(*author_id);
-                created.2.push(content);
-                created.3.push(*created_at);
+                created_ids.push(*post_id);
+                created_authors.push(*author_id);
+                contents.push(content);
+                created_at.push(*at);
             }
             PostWrite::Deleted {
                 post_id,
                 author_id,
-                deleted_at,
+                deleted_at: at,
             } => {
-                deleted.0.push(*post_id);
-                deleted.1.push(*author_id);
-                deleted.2.push(*deleted_at);
+                deleted_ids.push(*post_id);
+                deleted_authors.push(*author_id);
+                deleted_at.push(*at);
             }
         }
     }
-    if !created.0.is_empty() {
+    if !created_ids.is_empty() {
         sqlx::query(
             "INSERT INTO posts (post_id, author_id, content, created_at) \
              SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::timestamptz[]) \
              ON CONFLICT (post_id) DO NOTHING",
         )
-        .bind(created.0)
-        .bind(created.1)
-        .bind(created.2)
-        .bind(created.3)
+        .bind(created_ids)
+        .bind(created_authors)
+        .bind(contents)
+        .bind(created_at)
         .execute(&mut **tx)
         .await?;
     }
-    if !deleted.0.is_empty() {
+    if !deleted_ids.is_empty() {
         // Only the author's own post; its content goes with it.
         sqlx::query(
             "UPDATE posts SET deleted_at = d.deleted_at, content = '' \
@@ -226,9 +236,9 @@ async fn write_posts(
              WHERE posts.post_id = d.post_id AND posts.author_id = d.author_id \
                AND posts.deleted_at IS NULL",
         )
-        .bind(deleted.0)
-        .bind(deleted.1)
-        .bind(deleted.2)
+        .bind(deleted_ids)
+        .bind(deleted_authors)
+        .bind(deleted_at)
         .execute(&mut **tx)
         .await?;
     }
@@ -246,8 +256,7 @@ async fn write_run(
 ) -> Result<(), sqlx::Error> {
     match run {
         Run::Added(rows) => {
-            let [owners, posts, authors] =
-                columns(&rows.iter().map(|r| [r.0, r.1, r.2]).collect::<Vec<_>>());
+            let [owners, posts, authors] = columns(&rows);
             // Entries of deleted posts are not written (a replay or a late backfill can
             // carry them); every entry that passes is mirrored, even one PostgreSQL
             // already had, because Redis may have missed it before a crash.
@@ -271,8 +280,7 @@ async fn write_run(
             );
         }
         Run::Removed(rows) => {
-            let [owners, posts, authors] =
-                columns(&rows.iter().map(|r| [r.0, r.1, r.2]).collect::<Vec<_>>());
+            let [owners, posts, authors] = columns(&rows);
             sqlx::query(
                 "DELETE FROM feeds USING UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS r(user_id, post_id, author_id) \
                  WHERE feeds.user_id = r.user_id AND feeds.post_id = r.post_id AND feeds.author_id = r.author_id",
@@ -285,8 +293,8 @@ async fn write_run(
             // The author's own removal is the deletion: the post stops being merged.
             let own: Vec<[i64; 2]> = rows
                 .iter()
-                .filter(|(owner, _, author)| owner == author)
-                .map(|(_, post, author)| [*author, *post])
+                .filter(|[owner, _, author]| owner == author)
+                .map(|[_, post, author]| [*author, *post])
                 .collect();
             if !own.is_empty() {
                 let [authors, posts] = columns(&own);
@@ -301,11 +309,11 @@ async fn write_run(
             }
             ops.extend(
                 rows.into_iter()
-                    .map(|(owner, post_id, _)| CacheOp::Remove { owner, post_id }),
+                    .map(|[owner, post_id, _]| CacheOp::Remove { owner, post_id }),
             );
         }
         Run::AuthorsRemoved(rows) => {
-            let [owners, authors] = columns(&rows.iter().map(|r| [r.0, r.1]).collect::<Vec<_>>());
+            let [owners, authors] = columns(&rows);
             sqlx::query(
                 "DELETE FROM follows USING UNNEST($1::bigint[], $2::bigint[]) AS r(user_id, author_id) \
                  WHERE follows.user_id = r.user_id AND follows.author_id = r.author_id",
@@ -333,7 +341,7 @@ async fn write_run(
             // A later record for the same follow wins (a re-follow sets a new floor);
             // within one statement that is the last row.
             let mut latest: std::collections::BTreeMap<(i64, i64), i64> = Default::default();
-            for (owner, author, min) in rows {
+            for [owner, author, min] in rows {
                 latest.insert((owner, author), min);
             }
             let rows: Vec<[i64; 3]> = latest.into_iter().map(|((o, a), m)| [o, a, m]).collect();
@@ -350,7 +358,7 @@ async fn write_run(
             .await?;
         }
         Run::Merged(rows) => {
-            let [authors, posts] = columns(&rows.iter().map(|r| [r.0, r.1]).collect::<Vec<_>>());
+            let [authors, posts] = columns(&rows);
             sqlx::query(
                 "INSERT INTO merged_posts (author_id, post_id) \
                  SELECT * FROM UNNEST($1::bigint[], $2::bigint[]) AS m(author_id, post_id) \

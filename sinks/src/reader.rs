@@ -202,37 +202,46 @@ impl FeedReader {
     }
 
     async fn stored_entry_ids(&self, owner: i64, range: &IdRange) -> Result<Vec<i64>, SinkError> {
-        let order = if range.oldest_first { "ASC" } else { "DESC" };
-        sqlx::query_scalar(&format!(
+        self.ids_in_range(
             "SELECT post_id FROM feeds WHERE user_id = $1 AND post_id < $2 AND post_id > $3 \
-             ORDER BY post_id {order} LIMIT $4"
-        ))
-        .bind(owner)
-        .bind(range.upper.unwrap_or(i64::MAX))
-        .bind(range.lower.unwrap_or(0))
-        .bind(range.limit as i64)
-        .fetch_all(&self.pool)
+             ORDER BY post_id",
+            owner,
+            range,
+        )
         .await
-        .map_err(|source| self.pg_error(source))
     }
 
     /// Posts merged on read of the authors `owner` follows, at or above each follow's
     /// floor.
     async fn merged_ids(&self, owner: i64, range: &IdRange) -> Result<Vec<i64>, SinkError> {
-        let order = if range.oldest_first { "ASC" } else { "DESC" };
-        sqlx::query_scalar(&format!(
+        self.ids_in_range(
             "SELECT m.post_id FROM follows f \
              JOIN merged_posts m ON m.author_id = f.author_id AND m.post_id >= f.min_post_id \
              WHERE f.user_id = $1 AND m.post_id < $2 AND m.post_id > $3 \
-             ORDER BY m.post_id {order} LIMIT $4"
-        ))
-        .bind(owner)
-        .bind(range.upper.unwrap_or(i64::MAX))
-        .bind(range.lower.unwrap_or(0))
-        .bind(range.limit as i64)
-        .fetch_all(&self.pool)
+             ORDER BY m.post_id",
+            owner,
+            range,
+        )
         .await
-        .map_err(|source| self.pg_error(source))
+    }
+
+    /// Runs `select` (binding `$1` owner, `$2`/`$3` the exclusive upper/lower bounds,
+    /// ending in `ORDER BY` an id column) in the range's direction, up to its limit.
+    async fn ids_in_range(
+        &self,
+        select: &str,
+        owner: i64,
+        range: &IdRange,
+    ) -> Result<Vec<i64>, SinkError> {
+        let direction = if range.oldest_first { "ASC" } else { "DESC" };
+        sqlx::query_scalar(&format!("{select} {direction} LIMIT $4"))
+            .bind(owner)
+            .bind(range.upper.unwrap_or(i64::MAX))
+            .bind(range.lower.unwrap_or(0))
+            .bind(range.limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| self.pg_error(source))
     }
 
     /// The posts of `ids`, in that order, leaving out deleted ones and those whose
