@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{Client, Deployment, Engines};
@@ -140,9 +140,11 @@ async fn paginated_feeds_equal_the_model_across_fanout_modes_deletions_and_the_c
         ],
     )?;
     let _sink = deployment.spawn(&["sink", "--feed-cache-cap", &cap])?;
+    let mut client = Client::new(base);
+    client.page_size = PAGE;
     let mut work = Workload {
         rng: fastrand::Rng::with_seed(seed),
-        client: Client::new(base),
+        client,
         follows: BTreeSet::new(),
         live_posts: Vec::new(),
     };
@@ -183,25 +185,11 @@ async fn paginated_feeds_equal_the_model_across_fanout_modes_deletions_and_the_c
     let client = &work.client;
     eprintln!("{} events accepted", client.events.len());
 
+    let users: Vec<u64> = (1..=USERS).collect();
     let expected = expected_feeds(&client.events, BACKFILL);
-    let read_all = || async {
-        let mut feeds = BTreeMap::new();
-        for user in 1..=USERS {
-            let feed = client.feed_paged(user, PAGE).await?;
-            if !feed.is_empty() {
-                feeds.insert(common::user(user), feed);
-            }
-        }
-        anyhow::Ok(feeds)
-    };
-    let until = tokio::time::Instant::now() + Duration::from_secs(240);
-    let observed = loop {
-        let observed = read_all().await?;
-        if compare(&expected, &observed).is_clean() || tokio::time::Instant::now() > until {
-            break observed;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let observed = client
+        .await_feeds(&users, &expected, Duration::from_secs(240))
+        .await?;
     let found = compare(&expected, &observed);
     let entries: usize = expected.values().map(BTreeSet::len).sum();
     eprintln!(
@@ -224,7 +212,7 @@ async fn paginated_feeds_equal_the_model_across_fanout_modes_deletions_and_the_c
         "no feed crosses the Redis cap ({longest} entries at most)"
     );
     // Again, now that Redis holds the newest slice of every feed: no seam at the cap.
-    assert_eq!(read_all().await?, observed);
+    assert_eq!(client.feeds(&users).await?, observed);
 
     // Walking back up with `prev` links (min_id) from the oldest page gives the feed.
     for (user, feed) in observed

@@ -66,15 +66,10 @@ impl<S: KeyValueStore> AuthorPostsStore<S> {
     }
 
     pub fn get(&self, author: u64, post_id: u64) -> Result<Option<AuthoredPost>, StoreError> {
+        let key = post_key(author, post_id);
         self.kv
-            .get(&post_key(author, post_id))?
-            .map(|bytes| {
-                let value: PostValue = decode_value(&bytes)?;
-                Ok(AuthoredPost {
-                    id: post_id,
-                    deleted_by: value.deleted_by,
-                })
-            })
+            .get(&key)?
+            .map(|bytes| decode_post(&key, &bytes))
             .transpose()
     }
 
@@ -86,10 +81,10 @@ impl<S: KeyValueStore> AuthorPostsStore<S> {
         n: usize,
     ) -> Result<Vec<AuthoredPost>, StoreError> {
         let mut found = Vec::new();
-        let mut failure = None;
         if n == 0 {
             return Ok(found);
         }
+        let mut failure = None;
         self.kv.scan_prefix_rev(
             &author.to_be_bytes(),
             &post_key(author, at),

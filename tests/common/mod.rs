@@ -171,6 +171,8 @@ pub struct Client {
     pub http: reqwest::Client,
     pub base: String,
     pub events: Vec<Envelope>,
+    /// The `limit` whole-feed reads use.
+    pub page_size: usize,
 }
 
 impl Client {
@@ -182,6 +184,7 @@ impl Client {
                 .expect("http client"),
             base,
             events: Vec::new(),
+            page_size: 100,
         }
     }
 
@@ -353,7 +356,7 @@ impl Client {
     }
 
     pub async fn feed(&self, owner: u64) -> anyhow::Result<Vec<PostId>> {
-        self.feed_paged(owner, 100).await
+        self.feed_paged(owner, self.page_size).await
     }
 
     pub async fn feeds(&self, owners: &[u64]) -> anyhow::Result<BTreeMap<UserId, Vec<PostId>>> {
