@@ -44,10 +44,13 @@ ensure_toolchain() {
 # PostgreSQL on 127.0.0.1:5432. Sets PG_ADMIN_URL (a superuser URL without database).
 ensure_postgres() {
   command -v psql >/dev/null && command -v pg_ctlcluster >/dev/null || apt_install postgresql postgresql-client
+  local version sudo=""
+  version="$(ls /etc/postgresql | sort -V | tail -1)"
+  [ "$(id -u)" -eq 0 ] || sudo="sudo "
+  # How the fault tests stop and start this cluster.
+  export FEEDSTREAM_TEST_PG_CTL="${sudo}pg_ctlcluster --skip-systemctl-redirect $version main"
   if ! pg_isready -q -h 127.0.0.1 -p 5432; then
     say "starting PostgreSQL"
-    local version
-    version="$(ls /etc/postgresql | sort -V | tail -1)"
     as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start ||
       die "PostgreSQL $version did not start: see /var/log/postgresql/"
     for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
@@ -92,7 +95,8 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# start_tansu DB_FILE PORT LOG: runs a broker in the background and waits until it listens.
+# start_tansu DB_FILE PORT LOG: runs a broker in the background and waits until it listens,
+# then adds the index its sqlite engine lacks (see scripts/tansu-index.py).
 start_tansu() {
   local db="$1" port="$2" log="$3"
   mkdir -p "$(dirname "$db")"
@@ -102,7 +106,10 @@ start_tansu() {
     >"$log" 2>&1 &
   TANSU_PID=$!
   for _ in $(seq 150); do
-    port_open "$port" && return 0
+    if port_open "$port"; then
+      python3 "$FEEDSTREAM_ROOT/scripts/tansu-index.py" "$db" || die "could not index the tansu database $db"
+      return 0
+    fi
     kill -0 "$TANSU_PID" 2>/dev/null || break
     sleep 0.2
   done

@@ -81,6 +81,50 @@ pub struct GlobalArgs {
     /// librdkafka debug contexts to log (e.g. `cgrp,fetch`), for diagnosing Kafka clients.
     #[arg(long, global = true, env = "FEEDSTREAM_KAFKA_DEBUG")]
     pub kafka_debug: Option<String>,
+    /// Ceiling of the first wait before retrying a step that failed transiently (broker,
+    /// PostgreSQL or Redis unavailable), in milliseconds; each wait draws below its
+    /// ceiling (full jitter).
+    #[arg(
+        long,
+        global = true,
+        env = "FEEDSTREAM_RETRY_INITIAL_MS",
+        default_value_t = 100
+    )]
+    pub retry_initial_ms: u64,
+    /// Factor between successive retry ceilings.
+    #[arg(
+        long,
+        global = true,
+        env = "FEEDSTREAM_RETRY_MULTIPLIER",
+        default_value_t = 2.0
+    )]
+    pub retry_multiplier: f64,
+    /// Largest retry ceiling, in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "FEEDSTREAM_RETRY_MAX_MS",
+        default_value_t = 10_000
+    )]
+    pub retry_max_ms: u64,
+    /// Attempts a record gets when it fails by itself (not because a service is down)
+    /// before it goes to the dead-letter topic.
+    #[arg(
+        long,
+        global = true,
+        env = "FEEDSTREAM_MAX_ATTEMPTS",
+        default_value_t = 5
+    )]
+    pub max_attempts: u32,
+    /// After SIGTERM or SIGINT, how long a command may take to finish its work in hand,
+    /// commit and close before it exits anyway (with an error), in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "FEEDSTREAM_SHUTDOWN_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub shutdown_timeout_ms: u64,
     /// Log line format.
     #[arg(
         long,
@@ -115,6 +159,11 @@ pub enum Command {
     Sink(SinkArgs),
     /// Run api, process and sink in one process.
     Run(RunArgs),
+    /// Inspect the dead-letter topic and publish dead letters again.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Wipe one state store of every task and rebuild it from its changelog (or, with
     /// --from-source, from its source topic); prints a digest to compare rebuilds. Stop
     /// the processor that uses the state directory first.
@@ -150,6 +199,43 @@ pub struct RebuildArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters (oldest first per partition), one line each, or JSON lines.
+    List {
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish the selected dead letters again to their source topic and partition,
+    /// unchanged; each is marked replayed, so running it again publishes nothing twice.
+    Replay {
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// Only say what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DlqFilterArgs {
+    /// Only this reason (e.g. `undecodable`, `unknown_type`, `wrong_key`, `write_rejected`).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only records that came from this topic.
+    #[arg(long)]
+    pub source_topic: Option<String>,
+    /// Only records whose last failure is at or after this time (RFC 3339, or Unix ms).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only records whose last failure is at or before this time (RFC 3339, or Unix ms).
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
     /// Create every missing topic (idempotent), then check the layout.
     Create {
@@ -177,6 +263,14 @@ pub struct ApiArgs {
     /// How long a write waits for the broker's acknowledgement before answering 503.
     #[arg(long, env = "FEEDSTREAM_PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
     pub publish_timeout_ms: u64,
+    /// Most events waiting for the broker's acknowledgement; writes beyond it answer 503
+    /// with Retry-After at once.
+    #[arg(
+        long,
+        env = "FEEDSTREAM_MAX_PENDING_PUBLISHES",
+        default_value_t = 10_000
+    )]
+    pub max_pending_publishes: u32,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -7,9 +7,10 @@ use feedstream_api::{ApiMetrics, ApiState};
 use feedstream_sinks::{FeedCache, FeedReader, ReadMetrics, SinkMetrics, SinkSettings};
 use feedstream_topology::feed::FeedRules;
 use feedstream_topology::kafka::KafkaSettings;
-use feedstream_topology::metrics::ProcessorMetrics;
+use feedstream_topology::metrics::{FailureMetrics, ProcessorMetrics};
 use feedstream_topology::processor::ProcessorSettings;
 use feedstream_topology::publisher::EventPublisher;
+use feedstream_topology::retry::RetryPolicy;
 use feedstream_topology::topics::{self, TopicSpec, Topics};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -22,7 +23,44 @@ use crate::cli::{
 /// (and restarting from the last commit).
 const RUNTIME_DELIVERY_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Runs one command. SIGTERM or SIGINT asks it to stop: long-running commands finish the
+/// work in hand, flush, commit and close; if that takes longer than
+/// `--shutdown-timeout-ms`, the command exits anyway with an error (what it had not
+/// committed is read again at the next start).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (shutdown, receiver) = shutdown_signal();
+    let bound = Duration::from_millis(cli.global.shutdown_timeout_ms);
+    tokio::select! {
+        result = execute(cli, shutdown, receiver.clone()) => result,
+        () = deadline_after_signal(receiver, bound) => bail!(
+            "did not stop within {bound:?} of the shutdown signal (--shutdown-timeout-ms); \
+             work not yet committed is processed again at the next start"
+        ),
+    }
+}
+
+async fn deadline_after_signal(receiver: watch::Receiver<bool>, bound: Duration) {
+    wait_for_shutdown(receiver).await;
+    tokio::time::sleep(bound).await;
+}
+
+/// A registry with the failure metrics under their conventional names; the rest of a
+/// command's metrics go under `feedstream_` (see [`prefixed`]).
+fn registries() -> (Registry, FailureMetrics) {
+    let mut registry = Registry::default();
+    let failures = FailureMetrics::register(&mut registry);
+    (registry, failures)
+}
+
+fn prefixed(registry: &mut Registry) -> &mut Registry {
+    registry.sub_registry_with_prefix("feedstream")
+}
+
+async fn execute(
+    cli: Cli,
+    shutdown: watch::Sender<bool>,
+    receiver: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let global = cli.global;
     let topics = Topics::new(&global.topic_prefix, &global.application_id);
     match cli.command {
@@ -42,46 +80,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Api(args) => {
-            let mut registry = Registry::with_prefix("feedstream");
-            let (shutdown, _) = shutdown_signal();
-            let api = prepare_api(&global, &topics, &args, &mut registry).await?;
-            api.serve(Arc::new(registry), shutdown.subscribe()).await
-        }
-        Command::Process(args) => {
-            let mut registry = Registry::with_prefix("feedstream");
-            let metrics = ProcessorMetrics::register(&mut registry);
-            let (shutdown, receiver) = shutdown_signal();
-            serve_metrics(args.process_metrics_listen, registry, shutdown.subscribe()).await?;
-            feedstream_topology::processor::run(
-                processor_settings(&global, &topics, &args),
-                metrics,
+        Command::Dlq { command } => {
+            crate::dlq::run(
+                &kafka(&global, RUNTIME_DELIVERY_TIMEOUT),
+                &topics,
+                command,
                 receiver,
             )
             .await
-            .context("processor failed")
+        }
+        Command::Api(args) => {
+            let (mut registry, _) = registries();
+            let api = prepare_api(&global, &topics, &args, &mut registry).await?;
+            api.serve(Arc::new(registry), receiver).await
+        }
+        Command::Process(args) => {
+            let (mut registry, failures) = registries();
+            let metrics = ProcessorMetrics::register(prefixed(&mut registry), failures);
+            serve_metrics(args.process_metrics_listen, registry, receiver.clone()).await?;
+            run_processor(&global, &topics, &args, metrics, receiver).await
         }
         Command::Sink(args) => {
-            let mut registry = Registry::with_prefix("feedstream");
-            let metrics = SinkMetrics::register(&mut registry);
-            let (shutdown, receiver) = shutdown_signal();
-            serve_metrics(args.sink_metrics_listen, registry, shutdown.subscribe()).await?;
+            let (mut registry, failures) = registries();
+            let metrics = SinkMetrics::register(prefixed(&mut registry), failures);
+            serve_metrics(args.sink_metrics_listen, registry, receiver.clone()).await?;
             run_sink(&global, &topics, &args, metrics, receiver).await
         }
         Command::RebuildState(args) => rebuild_state(&global, &topics, &args).await,
         Command::Run(args) => {
-            let mut registry = Registry::with_prefix("feedstream");
-            let processor_metrics = ProcessorMetrics::register(&mut registry);
-            let sink_metrics = SinkMetrics::register(&mut registry);
-            let (shutdown, receiver) = shutdown_signal();
+            let (mut registry, failures) = registries();
+            let processor_metrics =
+                ProcessorMetrics::register(prefixed(&mut registry), failures.clone());
+            let sink_metrics = SinkMetrics::register(prefixed(&mut registry), failures);
             let api = prepare_api(&global, &topics, &args.api, &mut registry).await?;
             let registry = Arc::new(registry);
 
-            let processor = tokio::spawn(feedstream_topology::processor::run(
-                processor_settings(&global, &topics, &args.process),
-                processor_metrics,
-                receiver.clone(),
-            ));
+            let processor = {
+                let (global, topics, process_args) =
+                    (global.clone(), topics.clone(), args.process.clone());
+                let receiver = receiver.clone();
+                tokio::spawn(async move {
+                    run_processor(&global, &topics, &process_args, processor_metrics, receiver)
+                        .await
+                })
+            };
             let sink = {
                 let (global, topics, sink_args) =
                     (global.clone(), topics.clone(), args.sink.clone());
@@ -139,26 +181,38 @@ where
     }
 }
 
-/// SIGINT or SIGTERM flips the returned channel to true.
+/// SIGINT or SIGTERM flips the returned channel to true; a second one exits at once.
 fn shutdown_signal() -> (watch::Sender<bool>, watch::Receiver<bool>) {
     let (sender, receiver) = watch::channel(false);
     let trigger = sender.clone();
     tokio::spawn(async move {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async {
-                match terminate.as_mut() {
-                    Some(signal) => { signal.recv().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => {}
-        }
-        tracing::info!("shutdown requested: finishing the work in hand");
+        next_signal(&mut terminate).await;
+        tracing::info!(
+            "shutdown requested: finishing the work in hand (a second signal stops at once)"
+        );
         let _ = trigger.send(true);
+        next_signal(&mut terminate).await;
+        eprintln!(
+            "feedstream: second shutdown signal; stopping without finishing the work in hand"
+        );
+        std::process::exit(130);
     });
     (sender, receiver)
+}
+
+/// The next SIGINT or SIGTERM.
+async fn next_signal(terminate: &mut Option<tokio::signal::unix::Signal>) {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(signal) => { signal.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
 }
 
 async fn wait_for_shutdown(mut receiver: watch::Receiver<bool>) {
@@ -166,6 +220,15 @@ async fn wait_for_shutdown(mut receiver: watch::Receiver<bool>) {
         if receiver.changed().await.is_err() {
             return;
         }
+    }
+}
+
+fn retry_policy(global: &GlobalArgs) -> RetryPolicy {
+    RetryPolicy {
+        initial: Duration::from_millis(global.retry_initial_ms),
+        multiplier: global.retry_multiplier,
+        max: Duration::from_millis(global.retry_max_ms),
+        max_attempts: global.max_attempts,
     }
 }
 
@@ -276,6 +339,7 @@ fn processor_settings(
         max_batch_records: args.process_batch_records.max(1),
         max_batch_wait: Duration::from_millis(args.process_batch_wait_ms),
         max_task_idle: Duration::from_millis(args.max_task_idle_ms),
+        retry: retry_policy(global),
         client_id: format!("{}-processor-{}", global.application_id, std::process::id()),
     }
 }
@@ -305,10 +369,90 @@ async fn run_sink(
         database_url: global.database_url.clone(),
         max_batch_records: args.sink_batch_records.max(1),
         max_batch_wait: Duration::from_millis(args.sink_batch_wait_ms),
+        retry: retry_policy(global),
     };
-    feedstream_sinks::run(settings, pool, cache, metrics, shutdown)
-        .await
-        .context("sink failed")
+    let retry = settings.retry;
+    supervised("sink", retry, &shutdown, || {
+        feedstream_sinks::run(
+            settings.clone(),
+            pool.clone(),
+            cache.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+    })
+    .await
+    .context("sink failed")
+}
+
+async fn run_processor(
+    global: &GlobalArgs,
+    topics: &Topics,
+    args: &ProcessArgs,
+    metrics: ProcessorMetrics,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let settings = processor_settings(global, topics, args);
+    supervised("processor", settings.retry, &shutdown, || {
+        feedstream_topology::processor::run(settings.clone(), metrics.clone(), shutdown.clone())
+    })
+    .await
+    .context("processor failed")
+}
+
+/// A runtime's failure, and whether starting it again can help.
+trait Failure: std::fmt::Display {
+    fn is_retriable(&self) -> bool;
+}
+
+impl Failure for feedstream_topology::processor::ProcessorError {
+    fn is_retriable(&self) -> bool {
+        self.is_retriable()
+    }
+}
+
+impl Failure for feedstream_sinks::SinkError {
+    fn is_retriable(&self) -> bool {
+        self.is_retriable()
+    }
+}
+
+/// Runs a runtime, and runs it again with backoff after a failure a restart can cure (a
+/// broker or database that timed out while it started or restored): a transient outage
+/// must not end the process. Returns at shutdown, or with the first permanent failure.
+async fn supervised<E, F, Fut>(
+    name: &str,
+    policy: RetryPolicy,
+    shutdown: &watch::Receiver<bool>,
+    mut start: F,
+) -> Result<(), E>
+where
+    E: Failure,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    let mut attempt = 0;
+    loop {
+        let began = std::time::Instant::now();
+        match start().await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_retriable() && !*shutdown.borrow() => {
+                // A run that went well for a while starts the backoff over.
+                if began.elapsed() > Duration::from_secs(60) {
+                    attempt = 0;
+                }
+                attempt += 1;
+                let delay = policy.delay(attempt);
+                tracing::error!(%error, ?delay, "the {name} failed; starting it again");
+                let mut shutdown = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// The sink cannot write without its tables: wait for PostgreSQL, saying so.
@@ -381,14 +525,15 @@ async fn prepare_api(
         pool,
         &global.database_url,
         cache,
-        ReadMetrics::register(registry),
+        ReadMetrics::register(prefixed(registry)),
     );
     let publisher = Arc::new(EventPublisher::new(
         &settings,
         topics.clone(),
         args.node_id,
+        args.max_pending_publishes,
     )?);
-    let metrics = ApiMetrics::register(registry);
+    let metrics = ApiMetrics::register(prefixed(registry));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;

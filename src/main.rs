@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod dlq;
 
 use clap::Parser;
 
@@ -18,7 +19,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(cli)) {
+    let outcome = runtime.block_on(commands::run(cli));
+    // Work abandoned at a shutdown deadline may still hold blocking threads.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("feedstream: {error:#}");

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, Deployment, Engines};
+use common::{Deployment, Engines, PrivateBroker};
 use reqwest::StatusCode;
 
 async fn error_of(response: reqwest::Response) -> anyhow::Result<(StatusCode, String)> {
@@ -204,40 +204,17 @@ async fn bad_input_gets_a_json_4xx() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_answer_503_in_bounded_time_when_the_broker_is_gone() -> anyhow::Result<()> {
     let engines = Engines::from_env();
-    let tansu = engines
-        .tansu
-        .clone()
-        .expect("FEEDSTREAM_TEST_TANSU is not set: run the suite with scripts/test.sh");
     // A private broker, so that stopping it leaves the other tests alone.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    drop(listener);
-    let data = tempfile::tempdir()?;
-    let url = format!("tcp://127.0.0.1:{port}");
-    // tansu resolves the sqlite path against its working directory.
-    let mut broker = tokio::process::Command::new(tansu)
-        .current_dir(data.path())
-        .args(["broker", "--storage-engine", "sqlite://tansu.db"])
-        .args(["--listener-url", &url, "--advertised-listener-url", &url])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    eventually(
-        Duration::from_secs(30),
-        "the private broker to listen",
-        || async move {
-            Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok())
-        },
-    )
-    .await?;
-
-    let deployment = Deployment::on_broker(&engines, &format!("127.0.0.1:{port}")).await?;
+    let mut broker = PrivateBroker::start(&engines).await?;
+    let deployment = Deployment::on_broker(&engines, &broker.address()).await?;
     deployment.create_topics(1).await?;
     let (_api, base) = deployment
-        .spawn_api(&["--publish-timeout-ms", "2000"])
+        .spawn_api(&[
+            "--publish-timeout-ms",
+            "2000",
+            "--max-pending-publishes",
+            "1",
+        ])
         .await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -253,11 +230,32 @@ async fn writes_answer_503_in_bounded_time_when_the_broker_is_gone() -> anyhow::
     broker.kill().await?;
     // An answer at all (rather than the client's own 30 s timeout) shows the API gives
     // up on the broker by itself.
-    let (status, code) = error_of(write().await?).await?;
+    let response = write().await?;
+    assert!(response.headers().contains_key("retry-after"));
+    let (status, code) = error_of(response).await?;
     assert_eq!(
         (status, code.as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable")
     );
+
+    // The producer queue holds one event: while one write waits for the broker, the
+    // next is refused at once instead of piling up in memory.
+    let waiting = tokio::spawn(write());
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    let overloaded = loop {
+        let response = write().await?;
+        let retry_after = response.headers().contains_key("retry-after");
+        let (status, code) = error_of(response).await?;
+        if code == "overloaded" {
+            break Some((status, retry_after));
+        }
+        if tokio::time::Instant::now() > until {
+            break None;
+        }
+    };
+    assert_eq!(overloaded, Some((StatusCode::SERVICE_UNAVAILABLE, true)));
+    let (status, _) = error_of(waiting.await??).await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 
     let health = http.get(format!("{base}/health")).send().await?;
     assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -6,44 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, Client, Deployment, Engines};
+use common::{eventually, group_caught_up, Client, Deployment, Engines};
 use feedstream_topology::model::{compare, expected_feeds};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 
 const BACKFILL: usize = 100;
 const USERS: [u64; 6] = [1, 2, 3, 4, 5, 6];
-
-/// Whether `group` has committed, on every partition of `topics`, the high watermark.
-fn group_caught_up(brokers: &str, group: &str, topics: &[String]) -> anyhow::Result<bool> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
-    let mut list = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for topic in metadata
-        .topics()
-        .iter()
-        .filter(|t| topics.iter().any(|name| name == t.name()))
-    {
-        for partition in topic.partitions() {
-            list.add_partition(topic.name(), partition.id());
-            let (_, high) =
-                consumer.fetch_watermarks(topic.name(), partition.id(), Duration::from_secs(10))?;
-            ends.push((topic.name().to_string(), partition.id(), high));
-        }
-    }
-    let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
-    Ok(ends.iter().all(|(topic, partition, high)| {
-        *high == 0
-            || committed
-                .find_partition(topic, *partition)
-                .is_some_and(|element| element.offset() == Offset::Offset(*high))
-    }))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feeds_match_the_model_and_survive_a_sink_replay() -> anyhow::Result<()> {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, Client, Deployment, Engines};
+use common::{eventually, free_port, metric, terminate, Client, Deployment, Engines};
 use feedstream_topology::model::{compare, expected_feeds};
 
 const BACKFILL: usize = 100;
@@ -38,17 +38,6 @@ async fn traffic(client: &mut Client, round: u64, posts: u64) -> anyhow::Result<
     Ok(())
 }
 
-fn terminate(child: &tokio::process::Child) -> anyhow::Result<()> {
-    let pid = child
-        .id()
-        .ok_or_else(|| anyhow::anyhow!("process already exited"))?;
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
-    Ok(())
-}
-
 /// The digest line `store NAME: N entries, digest H` of `rebuild-state`.
 async fn rebuild(
     deployment: &Deployment,
@@ -67,24 +56,6 @@ async fn rebuild(
         .find(|line| line.starts_with("store "))
         .map(str::to_string)
         .ok_or_else(|| anyhow::anyhow!("no digest in: {stdout}"))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn metric(port: u16, name: &str) -> anyhow::Result<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|line| line.starts_with(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
 }
 
 /// Polls a processor's metrics until it runs at least `tasks` tasks.

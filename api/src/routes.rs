@@ -194,9 +194,13 @@ async fn publish(state: &ApiState, event: &Envelope) -> Result<(), Rejection> {
         Err(error) => {
             state.metrics.publish_failures.inc();
             tracing::warn!(event_id = %event.event_id, %error, "event not acknowledged");
+            let code = match error {
+                PublishError::Overloaded(_) => "overloaded",
+                _ => "broker_unavailable",
+            };
             Err(reject(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "broker_unavailable",
+                code,
                 format!("the event was not stored, retry later: {error}"),
             )))
         }

@@ -1,21 +1,14 @@
-use prometheus_client::encoding::EncodeLabelSet;
+use feedstream_topology::metrics::FailureMetrics;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TargetLabel {
-    pub target: &'static str,
-}
 
 /// Metrics of the sink, under `feedstream_sink_*`.
 #[derive(Clone)]
 pub struct SinkMetrics {
     pub posts_written: Counter,
     pub feed_changes_applied: Counter,
-    pub dead_letters: Counter,
-    pub write_retries: Family<TargetLabel, Counter>,
+    pub failures: FailureMetrics,
     pub batch_seconds: Histogram,
 }
 
@@ -51,12 +44,12 @@ impl ReadMetrics {
 }
 
 impl SinkMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    /// Registers under `feedstream_sink_*`; `failures` is registered by its owner.
+    pub fn register(registry: &mut Registry, failures: FailureMetrics) -> Self {
         let metrics = Self {
             posts_written: Counter::default(),
             feed_changes_applied: Counter::default(),
-            dead_letters: Counter::default(),
-            write_retries: Family::default(),
+            failures,
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
         };
         let sink = registry.sub_registry_with_prefix("sink");
@@ -69,16 +62,6 @@ impl SinkMetrics {
             "feed_changes_applied",
             "Feed changes applied to PostgreSQL and Redis",
             metrics.feed_changes_applied.clone(),
-        );
-        sink.register(
-            "dead_letters",
-            "feed-events records sent to the dead-letter topic",
-            metrics.dead_letters.clone(),
-        );
-        sink.register(
-            "write_retries",
-            "Batch writes retried after a transient failure, by target",
-            metrics.write_retries.clone(),
         );
         sink.register(
             "batch_duration_seconds",

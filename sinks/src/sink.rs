@@ -1,23 +1,29 @@
 //! The sink: consumes feed-events and post-events, writes each batch to PostgreSQL in one
 //! transaction, mirrors it into Redis, then commits the offsets. Every write is an upsert
 //! or a keyed delete, so replaying any part of either topic changes nothing.
+//!
+//! Transient failures (PostgreSQL, Redis or the broker unreachable) are retried without
+//! end while nothing further is read. A batch PostgreSQL rejects for its content is
+//! written again record by record, so that only the record at fault, after
+//! `max_attempts`, goes to the dead-letter topic.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use feedstream_topology::dead_letter::{dead_letter, Stage};
-use feedstream_topology::event::{Envelope, EventBody, FeedEvent, InputTopic};
+use feedstream_topology::dead_letter::{dead_letter, now_ms, Failure, Stage};
+use feedstream_topology::event::{Envelope, EventBody, FeedChange, FeedEvent, InputTopic};
 use feedstream_topology::kafka::{
-    self, GroupConsumer, InputRecord, KafkaSettings, MembershipChange, Outbox, TopicPartition,
+    self, GroupConsumer, InputRecord, KafkaSettings, MembershipChange, TopicPartition,
 };
+use feedstream_topology::retry::RetryPolicy;
 use feedstream_topology::topics::{verify_layout, Topics};
+use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::cache::FeedCache;
-use crate::metrics::TargetLabel;
-use crate::postgres::{redact, write_batch, PostWrite};
+use crate::postgres::{redact, write_batch, CacheOp, PostWrite};
 use crate::{SinkError, SinkMetrics};
 
 #[derive(Debug, Clone)]
@@ -31,6 +37,7 @@ pub struct SinkSettings {
     pub database_url: String,
     pub max_batch_records: usize,
     pub max_batch_wait: Duration,
+    pub retry: RetryPolicy,
 }
 
 /// Runs the sink until `shutdown` turns true; the batch in hand is finished first.
@@ -48,9 +55,17 @@ pub async fn run(
         &settings.group_id,
         &settings.client_id,
         &[&topics.feed_events, &topics.post_events],
+        metrics.failures.consumer_lag.clone(),
     )?;
-    let producer = kafka::producer(&settings.kafka, &settings.client_id)?;
-    let target = redact(&settings.database_url);
+    let writer = Writer {
+        pool,
+        cache,
+        producer: kafka::producer(&settings.kafka, &settings.client_id)?,
+        target: redact(&settings.database_url),
+        settings: &settings,
+        metrics: &metrics,
+        shutdown: shutdown.clone(),
+    };
     tracing::info!(group = %settings.group_id, "sink started");
 
     while !*shutdown.borrow() {
@@ -82,41 +97,13 @@ pub async fn run(
             continue;
         }
         let started = Instant::now();
-        let decoded = decode(topics, &batch.records);
-        let posts = decoded.posts.len() as u64;
-        let changes = decoded.changes.len() as u64;
-
-        let ops = retry("postgres", &metrics, &shutdown, || {
-            write_batch(&pool, &target, &decoded.posts, &decoded.changes)
-        })
-        .await?;
-        retry("redis", &metrics, &shutdown, || cache.apply(&ops)).await?;
-        if !decoded.dead_letters.is_empty() {
-            let mut outbox = Outbox::new(&producer);
-            for (record, reason) in &decoded.dead_letters {
-                tracing::warn!(source = %record.source(), %reason, "dead-lettering feed event");
-                outbox
-                    .send(&dead_letter(
-                        &topics.dead_letter,
-                        record,
-                        reason,
-                        Stage::Sink,
-                        1,
-                    ))
-                    .await?;
-            }
-            outbox.flush().await?;
-        }
+        writer.write(&batch.records).await?;
         if let Err(error) = consumer.commit(&next_offsets(&batch.records)) {
-            // Usually a rebalance took the partitions meanwhile: the new owner rewrites
-            // the same batch, harmlessly.
-            tracing::warn!(%error, "offset commit failed; the batch will be replayed");
+            // Retried with the next commit; should a rebalance take the partitions
+            // first, the new owner rewrites the same batch, harmlessly.
+            metrics.failures.retried("kafka");
+            tracing::warn!(%error, "offset commit failed; it is retried with the next one");
         }
-        metrics.posts_written.inc_by(posts);
-        metrics.feed_changes_applied.inc_by(changes);
-        metrics
-            .dead_letters
-            .inc_by(decoded.dead_letters.len() as u64);
         metrics
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -125,15 +112,170 @@ pub async fn run(
     Ok(())
 }
 
-#[derive(Default)]
-struct Decoded<'r> {
-    posts: Vec<PostWrite>,
-    changes: Vec<feedstream_topology::event::FeedChange>,
-    dead_letters: Vec<(&'r InputRecord, String)>,
+/// What one input record asks of PostgreSQL.
+#[derive(Clone)]
+enum Write {
+    Post(PostWrite),
+    Change(FeedChange),
 }
 
-fn decode<'r>(topics: &Topics, records: &'r [InputRecord]) -> Decoded<'r> {
-    let mut decoded = Decoded::default();
+struct Writer<'s> {
+    pool: PgPool,
+    cache: FeedCache,
+    producer: FutureProducer,
+    target: String,
+    settings: &'s SinkSettings,
+    metrics: &'s SinkMetrics,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Writer<'_> {
+    /// Makes one batch durable: PostgreSQL in one transaction, then Redis, then the dead
+    /// letters. Returns only when all of it is done (or at shutdown, with an error).
+    async fn write(&self, records: &[InputRecord]) -> Result<(), SinkError> {
+        let (writes, mut dead_letters) = decode(&self.settings.topics, records);
+        let ops = match self.write_postgres(&writes).await {
+            Ok(ops) => ops,
+            Err(error) if !error.is_retriable() => {
+                tracing::warn!(%error, records = writes.len(), "PostgreSQL rejected the batch; writing its records one by one");
+                self.write_one_by_one(&writes, &mut dead_letters).await?
+            }
+            Err(error) => return Err(error),
+        };
+        self.retry("redis", || self.cache.apply(&ops)).await?;
+        if !dead_letters.is_empty() {
+            let outbound: Vec<_> = dead_letters
+                .iter()
+                .map(|(record, failure)| {
+                    tracing::warn!(source = %record.source(), reason = failure.reason, detail = %failure.detail, "dead-lettering record");
+                    dead_letter(&self.settings.topics.dead_letter, record, failure)
+                })
+                .collect();
+            self.retry("kafka", || async {
+                Ok(kafka::deliver(&self.producer, &outbound).await?)
+            })
+            .await?;
+        }
+        let rejected = |record: &InputRecord| {
+            dead_letters
+                .iter()
+                .any(|(letter, _)| std::ptr::eq(*letter, record))
+        };
+        for (_, write) in writes.iter().filter(|(record, _)| !rejected(record)) {
+            match write {
+                Write::Post(_) => self.metrics.posts_written.inc(),
+                Write::Change(_) => self.metrics.feed_changes_applied.inc(),
+            };
+        }
+        for (_, failure) in &dead_letters {
+            self.metrics.failures.dead_lettered(failure.reason);
+        }
+        Ok(())
+    }
+
+    /// Writes in one transaction, retrying transient failures.
+    async fn write_postgres(
+        &self,
+        writes: &[(&InputRecord, Write)],
+    ) -> Result<Vec<CacheOp>, SinkError> {
+        let mut posts = Vec::new();
+        let mut changes = Vec::new();
+        for (_, write) in writes {
+            match write {
+                Write::Post(post) => posts.push(post.clone()),
+                Write::Change(change) => changes.push(change.clone()),
+            }
+        }
+        self.retry("postgres", || {
+            write_batch(&self.pool, &self.target, &posts, &changes)
+        })
+        .await
+    }
+
+    /// Writes each record in its own transaction, in order. A record PostgreSQL keeps
+    /// rejecting is tried `max_attempts` times, then dead-lettered; the others are written.
+    async fn write_one_by_one<'r>(
+        &self,
+        writes: &[(&'r InputRecord, Write)],
+        dead_letters: &mut Vec<(&'r InputRecord, Failure)>,
+    ) -> Result<Vec<CacheOp>, SinkError> {
+        let mut ops = Vec::new();
+        for (record, write) in writes {
+            let single = [(*record, write.clone())];
+            let mut failure: Option<Failure> = None;
+            loop {
+                match self.write_postgres(&single).await {
+                    Ok(written) => {
+                        ops.extend(written);
+                        break;
+                    }
+                    Err(error) if error.is_retriable() => return Err(error),
+                    Err(error) => {
+                        let now = now_ms();
+                        let failure = failure.get_or_insert_with(|| Failure {
+                            reason: "write_rejected",
+                            detail: String::new(),
+                            stage: Stage::Sink,
+                            attempts: 0,
+                            first_failure_ms: now,
+                            last_failure_ms: now,
+                        });
+                        failure.attempts += 1;
+                        failure.last_failure_ms = now;
+                        failure.detail = error.to_string();
+                        if self.settings.retry.exhausted(failure.attempts) {
+                            dead_letters.push((record, failure.clone()));
+                            break;
+                        }
+                        self.metrics.failures.retried("record");
+                        let delay = self.settings.retry.delay(failure.attempts);
+                        tracing::warn!(source = %record.source(), %error, attempt = failure.attempts, ?delay, "record rejected by PostgreSQL; trying it again");
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Retries a step while its failures are transient, with the policy's backoff.
+    /// Consumption waits meanwhile: nothing after the batch is read, nothing is skipped.
+    /// Gives up only at shutdown (the batch stays uncommitted).
+    async fn retry<T, F, Fut>(&self, r#type: &'static str, mut step: F) -> Result<T, SinkError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SinkError>>,
+    {
+        let mut attempt: u32 = 0;
+        loop {
+            match step().await {
+                Ok(value) => return Ok(value),
+                Err(error) if error.is_retriable() && !*self.shutdown.borrow() => {
+                    attempt += 1;
+                    self.metrics.failures.retried(r#type);
+                    let delay = self.settings.retry.delay(attempt);
+                    tracing::warn!(%error, attempt, ?delay, "transient {type} failure; retrying");
+                    let mut shutdown = self.shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+type DeadLetters<'r> = Vec<(&'r InputRecord, Failure)>;
+
+/// Each record's write, in order, and the records that cannot be decoded.
+fn decode<'r>(
+    topics: &Topics,
+    records: &'r [InputRecord],
+) -> (Vec<(&'r InputRecord, Write)>, DeadLetters<'r>) {
+    let mut writes = Vec::new();
+    let mut dead_letters = Vec::new();
     for record in records {
         let payload = record.payload.as_deref().unwrap_or_default();
         if record.topic == topics.post_events {
@@ -148,7 +290,7 @@ fn decode<'r>(topics: &Topics, records: &'r [InputRecord]) -> Decoded<'r> {
                 .timestamp_millis_opt(event.timestamp)
                 .single()
                 .unwrap_or_default();
-            decoded.posts.push(match event.body {
+            let post = match event.body {
                 EventBody::PostCreated { post_id, content } => PostWrite::Created {
                     post_id: post_id.as_i64(),
                     author_id: event.actor_id.as_i64(),
@@ -161,17 +303,23 @@ fn decode<'r>(topics: &Topics, records: &'r [InputRecord]) -> Decoded<'r> {
                     deleted_at: at,
                 },
                 EventBody::Followed { .. } | EventBody::Unfollowed { .. } => continue,
-            });
+            };
+            writes.push((record, Write::Post(post)));
         } else {
             match serde_json::from_slice::<FeedEvent>(payload) {
-                Ok(event) => decoded.changes.push(event.change),
-                Err(error) => decoded
-                    .dead_letters
-                    .push((record, format!("not a valid feed event: {error}"))),
+                Ok(event) => writes.push((record, Write::Change(event.change))),
+                Err(error) => dead_letters.push((
+                    record,
+                    Failure::permanent(
+                        "undecodable_feed_event",
+                        format!("not a valid feed event: {error}"),
+                        Stage::Sink,
+                    ),
+                )),
             }
         }
     }
-    decoded
+    (writes, dead_letters)
 }
 
 fn next_offsets(records: &[InputRecord]) -> BTreeMap<TopicPartition, i64> {
@@ -183,39 +331,4 @@ fn next_offsets(records: &[InputRecord]) -> BTreeMap<TopicPartition, i64> {
         *next = (*next).max(record.offset + 1);
     }
     offsets
-}
-
-/// Retries a write while its failures are transient, with capped exponential backoff
-/// and full jitter. Consumption waits meanwhile: nothing after the batch is read, and
-/// nothing is skipped.
-async fn retry<T, F, Fut>(
-    target: &'static str,
-    metrics: &SinkMetrics,
-    shutdown: &watch::Receiver<bool>,
-    mut write: F,
-) -> Result<T, SinkError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, SinkError>>,
-{
-    let mut attempt: u32 = 0;
-    loop {
-        match write().await {
-            Ok(value) => return Ok(value),
-            Err(error) if error.is_retriable() && !*shutdown.borrow() => {
-                attempt += 1;
-                metrics
-                    .write_retries
-                    .get_or_create(&TargetLabel { target })
-                    .inc();
-                let ceiling = Duration::from_millis(100)
-                    .saturating_mul(1 << attempt.min(7))
-                    .min(Duration::from_secs(10));
-                let delay = ceiling.mul_f64(fastrand::f64());
-                tracing::warn!(%error, attempt, ?delay, "transient {target} failure; retrying the batch");
-                tokio::time::sleep(delay).await;
-            }
-            Err(error) => return Err(error),
-        }
-    }
 }

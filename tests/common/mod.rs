@@ -147,7 +147,13 @@ impl Deployment {
     pub async fn spawn_api(&self, extra: &[&str]) -> anyhow::Result<(Child, String)> {
         let mut args = vec!["api", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut child = self.command(&args).stdout(Stdio::piped()).spawn()?;
+        self.spawn_serving(&args).await
+    }
+
+    /// Starts a command that serves the API (`api`, `run`); returns it once it listens,
+    /// with its base URL.
+    pub async fn spawn_serving(&self, args: &[&str]) -> anyhow::Result<(Child, String)> {
+        let mut child = self.command(args).stdout(Stdio::piped()).spawn()?;
         let stdout = child.stdout.take().context("api stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let url = tokio::time::timeout(Duration::from_secs(60), async {
@@ -420,8 +426,187 @@ pub fn user(id: u64) -> UserId {
     UserId::new(id).expect("test user ids are positive")
 }
 
+/// A tansu broker of one test, on its own port and sqlite file, that the test may kill
+/// and start again (the shared broker of the suite must stay up for the other tests).
+pub struct PrivateBroker {
+    tansu: String,
+    pub port: u16,
+    data: tempfile::TempDir,
+    process: Option<Child>,
+}
+
+impl PrivateBroker {
+    pub async fn start(engines: &Engines) -> anyhow::Result<Self> {
+        let tansu = engines
+            .tansu
+            .clone()
+            .context("FEEDSTREAM_TEST_TANSU is not set: run the suite with scripts/test.sh")?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        drop(listener);
+        let mut broker = Self {
+            tansu,
+            port,
+            data: tempfile::tempdir()?,
+            process: None,
+        };
+        broker.run().await?;
+        Ok(broker)
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join("tansu.log"))?;
+        // tansu resolves the sqlite path against its working directory.
+        self.process = Some(
+            Command::new(&self.tansu)
+                .current_dir(self.data.path())
+                .args(["broker", "--storage-engine", "sqlite://tansu.db"])
+                .args(["--listener-url", &url, "--advertised-listener-url", &url])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()?,
+        );
+        let port = self.port;
+        eventually(
+            Duration::from_secs(30),
+            "the private broker to listen",
+            || async move {
+                Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok())
+            },
+        )
+        .await?;
+        let index = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/tansu-index.py"
+            ))
+            .arg(self.data.path().join("tansu.db"))
+            .status()
+            .await
+            .context("running scripts/tansu-index.py (needs python3)")?;
+        anyhow::ensure!(index.success(), "scripts/tansu-index.py failed");
+        Ok(())
+    }
+
+    /// kill -9: the broker stops without a word to its clients.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut process) = self.process.take() {
+            process.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the broker again on the same port and data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await?;
+        self.run().await
+    }
+}
+
+/// Whether `group` has committed, on every partition of `topics`, the high watermark.
+pub fn group_caught_up(brokers: &str, group: &str, topics: &[String]) -> anyhow::Result<bool> {
+    Ok(group_lag(brokers, group, topics)? == 0)
+}
+
+/// Records of `topics` after `group`'s committed offsets (all of a partition it never
+/// committed), as seen from outside the group.
+pub fn group_lag(brokers: &str, group: &str, topics: &[String]) -> anyhow::Result<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    let mut list = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for topic in metadata
+        .topics()
+        .iter()
+        .filter(|t| topics.iter().any(|name| name == t.name()))
+    {
+        for partition in topic.partitions() {
+            list.add_partition(topic.name(), partition.id());
+            let (_, high) =
+                consumer.fetch_watermarks(topic.name(), partition.id(), Duration::from_secs(10))?;
+            ends.push((topic.name().to_string(), partition.id(), high));
+        }
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
+    Ok(ends
+        .iter()
+        .map(|(topic, partition, high)| {
+            let at = match committed
+                .find_partition(topic, *partition)
+                .map(|element| element.offset())
+            {
+                Some(Offset::Offset(offset)) => offset,
+                _ => 0,
+            };
+            (high - at).max(0)
+        })
+        .sum())
+}
+
+/// Asks a process to stop gracefully (SIGTERM).
+pub fn terminate(child: &Child) -> anyhow::Result<()> {
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("process already exited"))?;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+    Ok(())
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The sum of every sample of `name` (all label sets) on a /metrics page.
+pub async fn metric(port: u16, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
 /// Polls `check` until it returns true or `deadline` passes.
-pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    poll_until(deadline, Duration::from_millis(200), what, check).await
+}
+
+/// Calls `check` every `interval` until it returns true or `deadline` passes.
+pub async fn poll_until<F, Fut>(
+    deadline: Duration,
+    interval: Duration,
+    what: &str,
+    mut check: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
@@ -434,6 +619,6 @@ where
         if tokio::time::Instant::now() > until {
             bail!("timed out after {deadline:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(interval).await;
     }
 }

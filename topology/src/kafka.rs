@@ -6,17 +6,21 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::event::EVENT_ID_HEADER;
+use crate::metrics::LagLabels;
 
 /// How the API and the runtimes reach the brokers.
 #[derive(Debug, Clone)]
@@ -43,13 +47,21 @@ pub enum KafkaFailure {
     },
     #[error("Kafka operation failed: {0}")]
     Operation(#[source] KafkaError),
+    #[error("{topic}[{partition}] gave no record for {quiet:?} at offset {reached} of {end}")]
+    Stalled {
+        topic: String,
+        partition: i32,
+        reached: i64,
+        end: i64,
+        quiet: Duration,
+    },
 }
 
 impl KafkaFailure {
     pub fn is_retriable(&self) -> bool {
         match self {
             KafkaFailure::Configuration(_) => false,
-            KafkaFailure::Unreachable { .. } => true,
+            KafkaFailure::Unreachable { .. } | KafkaFailure::Stalled { .. } => true,
             KafkaFailure::Operation(error) => error.rdkafka_error_code().is_none_or(|code| {
                 !matches!(
                     code,
@@ -75,7 +87,15 @@ fn client_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
 /// A producer with acks from all in-sync replicas, idempotence on, and the given
 /// delivery timeout.
 pub fn producer(settings: &KafkaSettings, client_id: &str) -> Result<FutureProducer, KafkaFailure> {
-    client_config(settings, client_id)
+    producer_config(settings, client_id)
+        .create()
+        .map_err(KafkaFailure::Configuration)
+}
+
+/// The settings of [`producer`], for a caller that adds its own.
+pub fn producer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
+    let mut config = client_config(settings, client_id);
+    config
         // Java clients' default partitioner, so that records keyed by a user id land in
         // the same partition whichever client produced them.
         .set("partitioner", "murmur2_random")
@@ -85,9 +105,8 @@ pub fn producer(settings: &KafkaSettings, client_id: &str) -> Result<FutureProdu
         .set(
             "message.timeout.ms",
             settings.delivery_timeout.as_millis().to_string(),
-        )
-        .create()
-        .map_err(KafkaFailure::Configuration)
+        );
+    config
 }
 
 /// A consumer that is in no group: it reads exactly the partitions it is assigned.
@@ -107,6 +126,59 @@ pub fn standalone_consumer(
 /// One partition of one topic.
 pub type TopicPartition = (String, i32);
 
+/// Reads a partition from its beginning to its end as of the call, with a consumer in
+/// no group, calling `each` per record. Returns how many records it read.
+pub fn read_partition<E: From<KafkaFailure>>(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    each: &mut dyn FnMut(&BorrowedMessage<'_>) -> Result<(), E>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, E> {
+    const QUIET: Duration = Duration::from_secs(60);
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .map_err(KafkaFailure::Operation)?;
+    if low >= high {
+        return Ok(0);
+    }
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(low))
+        .map_err(KafkaFailure::Operation)?;
+    consumer.assign(&list).map_err(KafkaFailure::Operation)?;
+    let mut count = 0u64;
+    let mut next = low;
+    let mut quiet_since = std::time::Instant::now();
+    while next < high {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                quiet_since = std::time::Instant::now();
+                each(&message)?;
+                count += 1;
+                next = message.offset() + 1;
+                if count % 10_000 == 0 {
+                    progress(count);
+                }
+            }
+            Some(Err(error)) => return Err(KafkaFailure::Operation(error).into()),
+            None if quiet_since.elapsed() > QUIET => {
+                return Err(KafkaFailure::Stalled {
+                    topic: topic.to_string(),
+                    partition,
+                    reached: next,
+                    end: high,
+                    quiet: QUIET,
+                }
+                .into())
+            }
+            None => {}
+        }
+    }
+    consumer.unassign().map_err(KafkaFailure::Operation)?;
+    progress(count);
+    Ok(count)
+}
+
 /// A change of this member's assignment, seen during a poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MembershipChange {
@@ -115,13 +187,23 @@ pub enum MembershipChange {
 }
 
 /// Records assignment changes as librdkafka reports them, for the runtime to act on
-/// between batches (it never has work in flight while it polls).
-#[derive(Default)]
+/// between batches (it never has work in flight while it polls), and publishes the
+/// consumer lag librdkafka's statistics report.
 pub struct MembershipContext {
     changes: Mutex<Vec<MembershipChange>>,
+    group: String,
+    lag: Family<LagLabels, Gauge>,
 }
 
 impl MembershipContext {
+    fn lag_labels(&self, topic: &str, partition: i32) -> LagLabels {
+        LagLabels {
+            group: self.group.clone(),
+            topic: topic.to_string(),
+            partition,
+        }
+    }
+
     fn push(&self, change: MembershipChange) {
         self.changes
             .lock()
@@ -154,12 +236,29 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
-impl ClientContext for MembershipContext {}
+impl ClientContext for MembershipContext {
+    fn stats(&self, statistics: Statistics) {
+        for (name, topic) in &statistics.topics {
+            for (partition, state) in &topic.partitions {
+                // librdkafka lists partitions it only knows of (-1: no lag known).
+                if *partition >= 0 && state.desired && state.consumer_lag >= 0 {
+                    self.lag
+                        .get_or_create(&self.lag_labels(name, *partition))
+                        .set(state.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for MembershipContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            self.push(MembershipChange::Revoked(partitions_of(list)));
+            let revoked = partitions_of(list);
+            for (topic, partition) in &revoked {
+                self.lag.remove(&self.lag_labels(topic, *partition));
+            }
+            self.push(MembershipChange::Revoked(revoked));
         }
     }
 
@@ -225,6 +324,11 @@ pub struct GroupConsumer {
     consumer: StreamConsumer<MembershipContext>,
     /// A record that arrived after a membership change: first of the next batch.
     held: Option<InputRecord>,
+    /// Offsets whose commit failed, committed with the next ones.
+    uncommitted: BTreeMap<TopicPartition, i64>,
+    /// The committed offset of each assigned partition when it was assigned, `None` when
+    /// there was none (see [`GroupConsumer::caught_up`]).
+    starts: BTreeMap<TopicPartition, Option<i64>>,
 }
 
 /// How long the group waits for a silent member before it gives its partitions away.
@@ -233,12 +337,14 @@ pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 impl GroupConsumer {
     /// Joins `group_id` and subscribes to `topics`. Assignment uses the range assignor,
     /// which gives partition i of every topic to the same member when the topics have
-    /// equal partition counts: the co-partitioning the processor's tasks rely on.
+    /// equal partition counts: the co-partitioning the processor's tasks rely on. The lag
+    /// of each owned partition is kept in `lag`, refreshed every few seconds.
     pub fn join(
         settings: &KafkaSettings,
         group_id: &str,
         client_id: &str,
         topics: &[&str],
+        lag: Family<LagLabels, Gauge>,
     ) -> Result<Self, KafkaFailure> {
         let mut config = client_config(settings, client_id);
         config
@@ -253,9 +359,18 @@ impl GroupConsumer {
             )
             .set("heartbeat.interval.ms", "1000")
             // Restoration and retried sink writes happen between polls.
-            .set("max.poll.interval.ms", "300000");
+            .set("max.poll.interval.ms", "300000")
+            // Bounds what librdkafka prefetches (one queue for all partitions) while the
+            // runtime is busy or retrying: memory stays bounded whatever the input rate.
+            .set("queued.max.messages.kbytes", "16384")
+            .set("statistics.interval.ms", "5000");
+        let context = MembershipContext {
+            changes: Mutex::default(),
+            group: group_id.to_string(),
+            lag,
+        };
         let consumer: StreamConsumer<MembershipContext> = config
-            .create_with_context(MembershipContext::default())
+            .create_with_context(context)
             .map_err(KafkaFailure::Configuration)?;
         consumer
             .subscribe(topics)
@@ -263,6 +378,8 @@ impl GroupConsumer {
         Ok(Self {
             consumer,
             held: None,
+            uncommitted: BTreeMap::new(),
+            starts: BTreeMap::new(),
         })
     }
 
@@ -275,6 +392,11 @@ impl GroupConsumer {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Batch {
         let mut batch = Batch::default();
+        if !self.uncommitted.is_empty() {
+            if let Err(error) = self.commit(&BTreeMap::new()) {
+                tracing::debug!(%error, "earlier offsets still not committed");
+            }
+        }
         if let Some(record) = self.held.take() {
             batch.records.push(record);
         }
@@ -305,24 +427,50 @@ impl GroupConsumer {
             }
         }
         batch.changes = self.consumer.context().take();
+        for change in &batch.changes {
+            if let MembershipChange::Revoked(partitions) = change {
+                for partition in partitions {
+                    self.uncommitted.remove(partition);
+                    self.starts.remove(partition);
+                }
+                // A record held back from a revoked partition is read again from the
+                // committed offset, after the ones before it, by whoever owns it next.
+                if self
+                    .held
+                    .as_ref()
+                    .is_some_and(|held| partitions.contains(&(held.topic.clone(), held.partition)))
+                {
+                    self.held = None;
+                }
+            }
+        }
         if !batch.changes.is_empty() {
             tracing::debug!(changes = ?batch.changes, "consumer group membership changed");
         }
         batch
     }
 
-    /// Commits `next offset to read` for each partition and waits for the broker.
-    pub fn commit(&self, offsets: &BTreeMap<TopicPartition, i64>) -> Result<(), KafkaFailure> {
-        if offsets.is_empty() {
+    /// Commits `next offset to read` for each partition, with any earlier offsets whose
+    /// commit failed, and waits for the broker. Offsets that fail to commit are kept and
+    /// tried again with the next commit or batch, so a failure is never final while the
+    /// partition stays assigned; until then a restart replays from the older commit.
+    pub fn commit(&mut self, offsets: &BTreeMap<TopicPartition, i64>) -> Result<(), KafkaFailure> {
+        for (partition, offset) in offsets {
+            let pending = self.uncommitted.entry(partition.clone()).or_insert(*offset);
+            *pending = (*pending).max(*offset);
+        }
+        if self.uncommitted.is_empty() {
             return Ok(());
         }
         let mut list = TopicPartitionList::new();
-        for ((topic, partition), offset) in offsets {
+        for ((topic, partition), offset) in &self.uncommitted {
             list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
                 .map_err(KafkaFailure::Operation)?;
         }
         tokio::task::block_in_place(|| self.consumer.commit(&list, CommitMode::Sync))
-            .map_err(KafkaFailure::Operation)
+            .map_err(KafkaFailure::Operation)?;
+        self.uncommitted.clear();
+        Ok(())
     }
 
     /// The next offset this member will read of a partition, if known.
@@ -334,40 +482,82 @@ impl GroupConsumer {
         }
     }
 
-    /// Whether this member has read everything the broker holds of a partition. Before
-    /// the first record arrives the position is unknown; then the committed offset (or,
-    /// without one, the start of the partition) is where reading resumes.
-    pub fn caught_up(
-        &self,
-        topic: &str,
-        partition: i32,
-        timeout: Duration,
-    ) -> Result<bool, KafkaFailure> {
-        tokio::task::block_in_place(|| {
-            let (low, high) = self
-                .consumer
-                .fetch_watermarks(topic, partition, timeout)
-                .map_err(KafkaFailure::Operation)?;
-            let resumes_at = match self.position(topic, partition) {
-                Some(position) => position,
-                None => {
-                    let mut list = TopicPartitionList::new();
-                    list.add_partition(topic, partition);
-                    let committed = self
-                        .consumer
-                        .committed_offsets(list, timeout)
-                        .map_err(KafkaFailure::Operation)?;
-                    match committed
-                        .find_partition(topic, partition)
-                        .map(|element| element.offset())
-                    {
-                        Some(Offset::Offset(offset)) => offset,
-                        _ => low,
+    /// Whether this member has read everything the broker holds of a partition. The
+    /// high watermark of the last fetch response (librdkafka caches it) answers "no"
+    /// without a request; a "yes" is confirmed with the broker, because a fetch response
+    /// reads its partitions one after the other: a record stored between the reads of
+    /// two partitions can be missing from one while a later record of the other is
+    /// there. `None` when the broker does not answer. Before the first record, reading
+    /// resumes at the committed offset (asked once per assignment) or the partition's
+    /// start.
+    pub fn caught_up(&mut self, topic: &str, partition: i32) -> Option<bool> {
+        // Where reading resumes; `None`: at the partition's start (no commit).
+        let resumes_at = match self.position(topic, partition) {
+            Some(position) => Some(position),
+            None => {
+                let key = (topic.to_string(), partition);
+                match self.starts.get(&key) {
+                    Some(start) => *start,
+                    None => {
+                        let start = self.committed(topic, partition)?;
+                        self.starts.insert(key, start);
+                        start
                     }
                 }
-            };
-            Ok(resumes_at >= high)
+            }
+        };
+        let behind = |(low, high): (i64, i64)| resumes_at.unwrap_or(low) < high;
+        if self.cached_watermarks(topic, partition).is_some_and(behind) {
+            return Some(false);
+        }
+        let watermarks = tokio::task::block_in_place(|| {
+            self.consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(1))
         })
+        .map_err(|error| tracing::debug!(%error, topic, partition, "high watermark unknown"))
+        .ok()?;
+        Some(!behind(watermarks))
+    }
+
+    /// Low and high watermarks from the last fetch response, without a request.
+    fn cached_watermarks(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
+        let topic = std::ffi::CString::new(topic).ok()?;
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client pointer is valid while `self.consumer` lives; the topic is a
+        // NUL-terminated string that outlives the call; librdkafka only writes the two
+        // integers, under its own locks.
+        let error = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then_some((low, high))
+    }
+
+    /// The group's committed offset of a partition (`Some(None)`: none committed).
+    fn committed(&self, topic: &str, partition: i32) -> Option<Option<i64>> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, partition);
+        let committed = tokio::task::block_in_place(|| {
+            self.consumer
+                .committed_offsets(list, Duration::from_secs(5))
+        })
+        .map_err(|error| tracing::debug!(%error, topic, partition, "committed offset unknown"))
+        .ok()?;
+        Some(
+            match committed
+                .find_partition(topic, partition)
+                .map(|element| element.offset())
+            {
+                Some(Offset::Offset(offset)) => Some(offset),
+                _ => None,
+            },
+        )
     }
 
     /// Stops fetching these partitions (the member stays in the group), or resumes.
@@ -408,6 +598,18 @@ pub struct Delivered {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+}
+
+/// Sends every record and waits for all acknowledgements.
+pub async fn deliver(
+    producer: &FutureProducer,
+    records: &[OutboundRecord],
+) -> Result<Vec<Delivered>, KafkaFailure> {
+    let mut outbox = Outbox::new(producer);
+    for record in records {
+        outbox.send(record).await?;
+    }
+    outbox.flush().await
 }
 
 /// Sends records and waits for every acknowledgement; records in flight are bounded by

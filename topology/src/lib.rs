@@ -11,6 +11,7 @@ pub mod model;
 pub mod processor;
 pub mod publisher;
 pub mod rebuild;
+pub mod retry;
 pub mod state;
 pub mod stream_time;
 pub mod topics;

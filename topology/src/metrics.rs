@@ -1,4 +1,5 @@
-//! Metrics of the processor, registered under `feedstream_processor_*`.
+//! Metrics of the processor, registered under `feedstream_processor_*`, and the failure
+//! metrics every runtime shares, named without a prefix by Prometheus conventions.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,11 +20,69 @@ pub struct StoreLabels {
     pub store: &'static str,
 }
 
+/// What failed: `kafka`, `postgres`, `redis`, or `record` for a record retried alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryType {
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LagLabels {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// Retries, dead letters and consumer lag of every runtime in the process.
+#[derive(Clone, Default)]
+pub struct FailureMetrics {
+    retries: Family<RetryType, Counter>,
+    dead_letters: Family<ReasonLabel, Counter>,
+    pub consumer_lag: Family<LagLabels, Gauge>,
+}
+
+impl FailureMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "event_retry",
+            "Retries after a failure, by what failed (kafka, postgres, redis; record: one record retried alone)",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "dlq_messages",
+            "Records sent to the dead-letter topic, by reason",
+            metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "kafka_consumer_lag",
+            "Records between a consumer group's position and the end of each partition it owns",
+            metrics.consumer_lag.clone(),
+        );
+        metrics
+    }
+
+    pub fn retried(&self, r#type: &'static str) {
+        self.retries.get_or_create(&RetryType { r#type }).inc();
+    }
+
+    pub fn dead_lettered(&self, reason: &'static str) {
+        self.dead_letters
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+}
+
 #[derive(Clone)]
 pub struct ProcessorMetrics {
     pub records: Family<TopicLabel, Counter>,
     pub feed_changes: Counter,
-    pub dead_letters: Counter,
+    pub failures: FailureMetrics,
     pub batch_seconds: Histogram,
     pub active_tasks: Gauge,
     pub restored_records: Counter,
@@ -33,11 +92,12 @@ pub struct ProcessorMetrics {
 }
 
 impl ProcessorMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    /// Registers under `feedstream_processor_*`; `failures` is registered by its owner.
+    pub fn register(registry: &mut Registry, failures: FailureMetrics) -> Self {
         let metrics = Self {
             records: Family::default(),
             feed_changes: Counter::default(),
-            dead_letters: Counter::default(),
+            failures,
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             active_tasks: Gauge::default(),
             restored_records: Counter::default(),
@@ -55,11 +115,6 @@ impl ProcessorMetrics {
             "feed_changes",
             "Feed changes sent to feed-events",
             metrics.feed_changes.clone(),
-        );
-        registry.register(
-            "dead_letters",
-            "Input records sent to the dead-letter topic",
-            metrics.dead_letters.clone(),
         );
         registry.register(
             "batch_duration_seconds",

@@ -16,14 +16,15 @@ use feedstream_stores::{RocksDbStore, StoreError};
 use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 
-use crate::dead_letter::{dead_letter, Stage};
+use crate::dead_letter::{dead_letter, Failure, Stage};
 use crate::event::{Envelope, FeedEvent, InputTopic, EVENT_ID_HEADER, FEED_EVENT_VERSION};
 use crate::feed::{apply, FeedRules, TaskStores};
 use crate::kafka::{
     self, Delivered, GroupConsumer, InputRecord, KafkaFailure, KafkaSettings, MembershipChange,
-    OutboundRecord, Outbox, TopicPartition,
+    OutboundRecord, TopicPartition,
 };
 use crate::metrics::{ProcessorMetrics, StoreLabels, TopicLabel};
+use crate::retry::RetryPolicy;
 use crate::state::{Checkpoint, StateError, StateOpener};
 use crate::stream_time::{self, EmptyInput, Next, StreamTime};
 use crate::topics::{verify_layout, Topics, TopicsError, STORES};
@@ -39,6 +40,8 @@ pub struct ProcessorSettings {
     pub max_batch_wait: Duration,
     /// How long a task waits for a lagging input before processing the other anyway.
     pub max_task_idle: Duration,
+    /// Backoff between attempts to deliver a batch while the broker fails.
+    pub retry: RetryPolicy,
     pub client_id: String,
 }
 
@@ -220,6 +223,7 @@ pub async fn run(
         &topics.processor_group(),
         &settings.client_id,
         &[&topics.post_events, &topics.follow_events],
+        metrics.failures.consumer_lag.clone(),
     )?;
     let producer = kafka::producer(&settings.kafka, &settings.client_id)?;
     tracing::info!(partitions, group = %topics.processor_group(), "processor started");
@@ -308,7 +312,8 @@ struct Effects {
     outbound: Vec<OutboundRecord>,
     commit: BTreeMap<TopicPartition, i64>,
     feed_changes: u64,
-    dead_letters: u64,
+    /// Reason of each dead letter sent.
+    dead_letters: Vec<&'static str>,
     records: BTreeMap<String, u64>,
 }
 
@@ -331,7 +336,7 @@ impl Runtime<'_> {
             if effects.commit.is_empty() {
                 continue;
             }
-            self.deliver_and_commit(effects).await?;
+            self.deliver_and_commit(effects, shutdown).await?;
             self.metrics
                 .batch_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -471,9 +476,9 @@ impl Runtime<'_> {
     }
 
     /// The task's next record in stream time, if it may be processed now. Whether an
-    /// empty input is in fact caught up is asked of the broker once per cycle: the
-    /// consumer is not polled meanwhile, so `caught_up` (keyed by task and topic) keeps
-    /// the answer for the rest of the cycle.
+    /// empty input is in fact caught up is decided once per cycle (see
+    /// [`GroupConsumer::caught_up`]): the consumer is not polled meanwhile, so
+    /// `caught_up` (keyed by task and topic) keeps the answer for the rest of the cycle.
     fn next_record(
         &mut self,
         partition: i32,
@@ -495,11 +500,11 @@ impl Runtime<'_> {
         let mut decision = stream_time::next(posts_head, follows_head, empty, max_idle);
         if decision == Next::Wait && !caught_up.contains_key(&key) {
             let lagging = if key.1 {
-                &self.settings.topics.post_events
+                self.settings.topics.post_events.clone()
             } else {
-                &self.settings.topics.follow_events
+                self.settings.topics.follow_events.clone()
             };
-            empty.caught_up = self.caught_up(lagging, partition);
+            empty.caught_up = self.caught_up(&lagging, partition);
             caught_up.insert(key, empty.caught_up);
             decision = stream_time::next(posts_head, follows_head, empty, max_idle);
         }
@@ -519,22 +524,39 @@ impl Runtime<'_> {
         record
     }
 
-    fn caught_up(&self, topic: &str, partition: i32) -> bool {
-        self.consumer
-            .caught_up(topic, partition, Duration::from_secs(1))
-            .unwrap_or_else(|error| {
-                tracing::debug!(%error, topic, partition, "lag unknown; treating the input as lagging");
-                false
-            })
+    /// Unknown lag counts as lagging: the task waits, at most `max_task_idle`.
+    fn caught_up(&mut self, topic: &str, partition: i32) -> bool {
+        self.consumer.caught_up(topic, partition).unwrap_or(false)
     }
 
-    async fn deliver_and_commit(&mut self, effects: Effects) -> Result<(), ProcessorError> {
-        let mut outbox = Outbox::new(&self.producer);
-        for record in &effects.outbound {
-            outbox.send(record).await?;
+    /// Delivers the batch's records, retrying while the broker fails (the batch stays in
+    /// hand and nothing further is read, so the partitions wait), then commits its input
+    /// offsets. A failed commit is retried with the next one (see
+    /// [`GroupConsumer::commit`]); the batch is replayed only if none succeeds before a
+    /// restart.
+    async fn deliver_and_commit(
+        &mut self,
+        effects: Effects,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), ProcessorError> {
+        let mut attempt = 0;
+        let delivered = loop {
+            match kafka::deliver(&self.producer, &effects.outbound).await {
+                Ok(delivered) => break delivered,
+                Err(error) if error.is_retriable() && !*shutdown.borrow() => {
+                    attempt += 1;
+                    self.metrics.failures.retried("kafka");
+                    let delay = self.settings.retry.delay(attempt);
+                    tracing::warn!(%error, attempt, ?delay, "batch not acknowledged by the broker; sending it again");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        if let Err(error) = self.consumer.commit(&effects.commit) {
+            self.metrics.failures.retried("kafka");
+            tracing::warn!(%error, "offset commit failed; it is retried with the next one");
         }
-        let delivered = outbox.flush().await?;
-        self.consumer.commit(&effects.commit)?;
         self.checkpoint_after_commit(&delivered)?;
         for (topic, count) in effects.records {
             self.metrics
@@ -543,7 +565,9 @@ impl Runtime<'_> {
                 .inc_by(count);
         }
         self.metrics.feed_changes.inc_by(effects.feed_changes);
-        self.metrics.dead_letters.inc_by(effects.dead_letters);
+        for reason in effects.dead_letters {
+            self.metrics.failures.dead_lettered(reason);
+        }
         Ok(())
     }
 
@@ -644,14 +668,11 @@ fn process_record(
         }
         Err(invalid) => {
             tracing::warn!(source = %record.source(), reason = %invalid, "dead-lettering input record");
-            effects.dead_letters += 1;
-            effects.outbound.push(dead_letter(
-                &topics.dead_letter,
-                &record,
-                &invalid.to_string(),
-                Stage::Processor,
-                1,
-            ));
+            let failure = Failure::permanent(invalid.code(), invalid.to_string(), Stage::Processor);
+            effects.dead_letters.push(failure.reason);
+            effects
+                .outbound
+                .push(dead_letter(&topics.dead_letter, &record, &failure));
         }
     }
     *effects.records.entry(record.topic.clone()).or_default() += 1;

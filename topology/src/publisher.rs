@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -20,6 +20,8 @@ pub enum PublishError {
     Invalid(#[from] InvalidEvent),
     #[error("the Kafka broker did not acknowledge the event: {0}")]
     BrokerUnavailable(#[source] KafkaError),
+    #[error("{0} events are already waiting for the broker's acknowledgement")]
+    Overloaded(u32),
     #[error("the Kafka broker did not acknowledge the event within {0:?}")]
     Timeout(Duration),
 }
@@ -38,6 +40,7 @@ pub struct EventPublisher {
     topics: Topics,
     ids: SnowflakeGenerator,
     delivery_timeout: Duration,
+    max_pending: u32,
 }
 
 /// Failure to set up a publisher.
@@ -50,16 +53,27 @@ pub enum PublisherSetupError {
 }
 
 impl EventPublisher {
+    /// At most `max_pending` events wait for acknowledgement at once; more are refused
+    /// with [`PublishError::Overloaded`], so memory stays bounded while the broker is slow.
     pub fn new(
         settings: &KafkaSettings,
         topics: Topics,
         node_id: u32,
+        max_pending: u32,
     ) -> Result<Self, PublisherSetupError> {
+        let producer = kafka::producer_config(settings, &format!("feedstream-api-{node_id}"))
+            .set(
+                "queue.buffering.max.messages",
+                max_pending.max(1).to_string(),
+            )
+            .create()
+            .map_err(KafkaFailure::Configuration)?;
         Ok(Self {
-            producer: kafka::producer(settings, &format!("feedstream-api-{node_id}"))?,
+            producer,
             topics,
             ids: SnowflakeGenerator::new(node_id)?,
             delivery_timeout: settings.delivery_timeout,
+            max_pending,
         })
     }
 
@@ -124,6 +138,9 @@ impl EventPublisher {
         let bound = self.delivery_timeout + Duration::from_secs(2);
         match tokio::time::timeout(bound, self.producer.send(record, Duration::ZERO)).await {
             Ok(Ok(_)) => Ok(()),
+            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))) => {
+                Err(PublishError::Overloaded(self.max_pending))
+            }
             Ok(Err((error, _))) => Err(PublishError::BrokerUnavailable(error)),
             Err(_) => Err(PublishError::Timeout(bound)),
         }

@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 use feedstream_stores::{
     InMemoryStore, KeyValueStore, RocksDbStore, StoreDigest, AUTHOR_POSTS_STORE, FOLLOWERS_STORE,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::event::{Envelope, InputTopic};
 use crate::feed::{apply, FeedRules, TaskStores};
@@ -155,16 +154,17 @@ async fn rebuild_from_source(
         &settings.kafka,
         &format!("{}-rebuild", settings.topics.application_id),
     )?;
-    let records = read_source(
+    let records = kafka::read_partition(
         &consumer,
         source,
         partition,
-        &mut |payload, key| {
-            if let Ok(event) = Envelope::decode(payload, key, found_on) {
-                apply(&event, &mut stores)?;
+        &mut |message| {
+            let payload = message.payload().unwrap_or_default();
+            if let Ok(event) = Envelope::decode(payload, message.key(), found_on) {
+                apply(&event, &mut stores).map_err(StateError::from)?;
                 stores.drain_changes();
             }
-            Ok(())
+            Ok::<(), RebuildError>(())
         },
         &mut |n| progress(partition, n),
     )?;
@@ -244,60 +244,4 @@ fn into_store(stores: TaskStores<RocksDbStore>, name: &str) -> RocksDbStore {
     } else {
         recent
     }
-}
-
-/// Called with each source record's payload and key.
-type RecordHandler<'a> =
-    dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), feedstream_stores::StoreError> + 'a;
-
-/// Reads a partition from its beginning to its current end, calling `each` per record.
-fn read_source(
-    consumer: &BaseConsumer,
-    topic: &str,
-    partition: i32,
-    each: &mut RecordHandler<'_>,
-    progress: &mut dyn FnMut(u64),
-) -> Result<u64, RebuildError> {
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, Duration::from_secs(10))
-        .map_err(KafkaFailure::Operation)?;
-    if low >= high {
-        return Ok(0);
-    }
-    let mut list = TopicPartitionList::new();
-    list.add_partition_offset(topic, partition, Offset::Offset(low))
-        .map_err(KafkaFailure::Operation)?;
-    consumer.assign(&list).map_err(KafkaFailure::Operation)?;
-    let mut count = 0u64;
-    let mut next = low;
-    let mut quiet_since = Instant::now();
-    while next < high {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                quiet_since = Instant::now();
-                each(message.payload().unwrap_or_default(), message.key())
-                    .map_err(StateError::from)?;
-                count += 1;
-                next = message.offset() + 1;
-                if count % 10_000 == 0 {
-                    progress(count);
-                }
-            }
-            Some(Err(error)) => return Err(KafkaFailure::Operation(error).into()),
-            None if quiet_since.elapsed() > Duration::from_secs(60) => {
-                return Err(StateError::Restore {
-                    topic: topic.to_string(),
-                    partition,
-                    reached: next,
-                    end: high,
-                    reason: "no records for 60 s".into(),
-                }
-                .into())
-            }
-            None => {}
-        }
-    }
-    consumer.unassign().map_err(KafkaFailure::Operation)?;
-    progress(count);
-    Ok(count)
 }

@@ -175,6 +175,9 @@ pub struct TopicOutcome {
     pub created: bool,
 }
 
+/// `retention.ms` of the input topics: `i64::MAX`, forever for Kafka and tansu alike.
+const RETENTION_FOREVER_MS: &str = "9223372036854775807";
+
 /// Creates every topic that is missing; existing ones are left as they are. Then checks
 /// the layout, so a pre-existing mismatch is reported rather than hidden.
 pub async fn create_topics(
@@ -182,8 +185,13 @@ pub async fn create_topics(
     topics: &Topics,
     spec: TopicSpec,
 ) -> Result<Vec<TopicOutcome>, TopicsError> {
-    // Inputs are the source of truth for rebuilds: keep them forever.
-    let keep_forever = vec![("cleanup.policy", "delete"), ("retention.ms", "-1")];
+    // Inputs are the source of truth for rebuilds: keep them forever. Forever is the
+    // largest retention rather than Kafka's -1, which tansu 0.6 reads as 0 s (it divides
+    // by 1000 in integers) and so deletes every input record at its next maintenance.
+    let keep_forever = vec![
+        ("cleanup.policy", "delete"),
+        ("retention.ms", RETENTION_FOREVER_MS),
+    ];
     let mut wanted = vec![
         WantedTopic::new(&topics.post_events, spec.partitions, keep_forever.clone()),
         WantedTopic::new(&topics.follow_events, spec.partitions, keep_forever),
