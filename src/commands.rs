@@ -401,17 +401,17 @@ async fn run_processor(
 }
 
 /// A runtime's failure, and whether starting it again can help.
-trait Failure: std::fmt::Display {
+trait Retriable: std::fmt::Display {
     fn is_retriable(&self) -> bool;
 }
 
-impl Failure for feedstream_topology::processor::ProcessorError {
+impl Retriable for feedstream_topology::processor::ProcessorError {
     fn is_retriable(&self) -> bool {
         self.is_retriable()
     }
 }
 
-impl Failure for feedstream_sinks::SinkError {
+impl Retriable for feedstream_sinks::SinkError {
     fn is_retriable(&self) -> bool {
         self.is_retriable()
     }
@@ -427,7 +427,7 @@ async fn supervised<E, F, Fut>(
     mut start: F,
 ) -> Result<(), E>
 where
-    E: Failure,
+    E: Retriable,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
 {

@@ -149,8 +149,8 @@ impl Run {
 pub(crate) async fn write_batch(
     pool: &PgPool,
     target: &str,
-    posts: &[PostWrite],
-    changes: &[FeedChange],
+    posts: &[&PostWrite],
+    changes: &[&FeedChange],
 ) -> Result<Vec<CacheOp>, SinkError> {
     let error = |source| SinkError::Postgres {
         target: target.to_string(),
@@ -182,7 +182,7 @@ pub(crate) async fn write_batch(
 /// deleted, and a batch may hold both.
 async fn write_posts(
     tx: &mut Transaction<'_, Postgres>,
-    posts: &[PostWrite],
+    posts: &[&PostWrite],
 ) -> Result<(), sqlx::Error> {
     let mut created_ids = Vec::new();
     let mut created_authors = Vec::new();

@@ -182,8 +182,8 @@ impl Writer<'_> {
         let mut changes = Vec::new();
         for (_, write) in writes {
             match write {
-                Write::Post(post) => posts.push(post.clone()),
-                Write::Change(change) => changes.push(change.clone()),
+                Write::Post(post) => posts.push(post),
+                Write::Change(change) => changes.push(change),
             }
         }
         self.retry("postgres", || {

@@ -326,9 +326,6 @@ pub struct GroupConsumer {
     held: Option<InputRecord>,
     /// Offsets whose commit failed, committed with the next ones.
     uncommitted: BTreeMap<TopicPartition, i64>,
-    /// The committed offset of each assigned partition when it was assigned, `None` when
-    /// there was none (see [`GroupConsumer::caught_up`]).
-    starts: BTreeMap<TopicPartition, Option<i64>>,
 }
 
 /// How long the group waits for a silent member before it gives its partitions away.
@@ -379,7 +376,6 @@ impl GroupConsumer {
             consumer,
             held: None,
             uncommitted: BTreeMap::new(),
-            starts: BTreeMap::new(),
         })
     }
 
@@ -431,7 +427,6 @@ impl GroupConsumer {
             if let MembershipChange::Revoked(partitions) = change {
                 for partition in partitions {
                     self.uncommitted.remove(partition);
-                    self.starts.remove(partition);
                 }
                 // A record held back from a revoked partition is read again from the
                 // committed offset, after the ones before it, by whoever owns it next.
@@ -483,81 +478,42 @@ impl GroupConsumer {
     }
 
     /// Whether this member has read everything the broker holds of a partition. The
-    /// high watermark of the last fetch response (librdkafka caches it) answers "no"
-    /// without a request; a "yes" is confirmed with the broker, because a fetch response
-    /// reads its partitions one after the other: a record stored between the reads of
-    /// two partitions can be missing from one while a later record of the other is
-    /// there. `None` when the broker does not answer. Before the first record, reading
-    /// resumes at the committed offset (asked once per assignment) or the partition's
-    /// start.
-    pub fn caught_up(&mut self, topic: &str, partition: i32) -> Option<bool> {
-        // Where reading resumes; `None`: at the partition's start (no commit).
-        let resumes_at = match self.position(topic, partition) {
-            Some(position) => Some(position),
-            None => {
-                let key = (topic.to_string(), partition);
-                match self.starts.get(&key) {
-                    Some(start) => *start,
-                    None => {
-                        let start = self.committed(topic, partition)?;
-                        self.starts.insert(key, start);
-                        start
+    /// high watermark is asked of the broker at the time of the question: a fetch
+    /// response reads its partitions one after another, so the one it carried can miss a
+    /// record stored before a later record of another partition. Before the first record
+    /// arrives the position is unknown; then the committed offset (or, without one, the
+    /// start of the partition) is where reading resumes.
+    pub fn caught_up(
+        &self,
+        topic: &str,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<bool, KafkaFailure> {
+        tokio::task::block_in_place(|| {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(topic, partition, timeout)
+                .map_err(KafkaFailure::Operation)?;
+            let resumes_at = match self.position(topic, partition) {
+                Some(position) => position,
+                None => {
+                    let mut list = TopicPartitionList::new();
+                    list.add_partition(topic, partition);
+                    let committed = self
+                        .consumer
+                        .committed_offsets(list, timeout)
+                        .map_err(KafkaFailure::Operation)?;
+                    match committed
+                        .find_partition(topic, partition)
+                        .map(|element| element.offset())
+                    {
+                        Some(Offset::Offset(offset)) => offset,
+                        _ => low,
                     }
                 }
-            }
-        };
-        let behind = |(low, high): (i64, i64)| resumes_at.unwrap_or(low) < high;
-        if self.cached_watermarks(topic, partition).is_some_and(behind) {
-            return Some(false);
-        }
-        let watermarks = tokio::task::block_in_place(|| {
-            self.consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(1))
+            };
+            Ok(resumes_at >= high)
         })
-        .map_err(|error| tracing::debug!(%error, topic, partition, "high watermark unknown"))
-        .ok()?;
-        Some(!behind(watermarks))
-    }
-
-    /// Low and high watermarks from the last fetch response, without a request.
-    fn cached_watermarks(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
-        let topic = std::ffi::CString::new(topic).ok()?;
-        let (mut low, mut high) = (-1i64, -1i64);
-        // SAFETY: the client pointer is valid while `self.consumer` lives; the topic is a
-        // NUL-terminated string that outlives the call; librdkafka only writes the two
-        // integers, under its own locks.
-        let error = unsafe {
-            rdkafka::bindings::rd_kafka_get_watermark_offsets(
-                self.consumer.client().native_ptr(),
-                topic.as_ptr(),
-                partition,
-                &mut low,
-                &mut high,
-            )
-        };
-        (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
-            .then_some((low, high))
-    }
-
-    /// The group's committed offset of a partition (`Some(None)`: none committed).
-    fn committed(&self, topic: &str, partition: i32) -> Option<Option<i64>> {
-        let mut list = TopicPartitionList::new();
-        list.add_partition(topic, partition);
-        let committed = tokio::task::block_in_place(|| {
-            self.consumer
-                .committed_offsets(list, Duration::from_secs(5))
-        })
-        .map_err(|error| tracing::debug!(%error, topic, partition, "committed offset unknown"))
-        .ok()?;
-        Some(
-            match committed
-                .find_partition(topic, partition)
-                .map(|element| element.offset())
-            {
-                Some(Offset::Offset(offset)) => Some(offset),
-                _ => None,
-            },
-        )
     }
 
     /// Stops fetching these partitions (the member stays in the group), or resumes.

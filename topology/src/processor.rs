@@ -476,9 +476,9 @@ impl Runtime<'_> {
     }
 
     /// The task's next record in stream time, if it may be processed now. Whether an
-    /// empty input is in fact caught up is decided once per cycle (see
-    /// [`GroupConsumer::caught_up`]): the consumer is not polled meanwhile, so
-    /// `caught_up` (keyed by task and topic) keeps the answer for the rest of the cycle.
+    /// empty input is in fact caught up is asked of the broker once per cycle: the
+    /// consumer is not polled meanwhile, so `caught_up` (keyed by task and topic) keeps
+    /// the answer for the rest of the cycle.
     fn next_record(
         &mut self,
         partition: i32,
@@ -499,12 +499,13 @@ impl Runtime<'_> {
         let max_idle = self.settings.max_task_idle;
         let mut decision = stream_time::next(posts_head, follows_head, empty, max_idle);
         if decision == Next::Wait && !caught_up.contains_key(&key) {
+            let topics = &self.settings.topics;
             let lagging = if key.1 {
-                self.settings.topics.post_events.clone()
+                &topics.post_events
             } else {
-                self.settings.topics.follow_events.clone()
+                &topics.follow_events
             };
-            empty.caught_up = self.caught_up(&lagging, partition);
+            empty.caught_up = self.caught_up(lagging, partition);
             caught_up.insert(key, empty.caught_up);
             decision = stream_time::next(posts_head, follows_head, empty, max_idle);
         }
@@ -524,9 +525,13 @@ impl Runtime<'_> {
         record
     }
 
-    /// Unknown lag counts as lagging: the task waits, at most `max_task_idle`.
-    fn caught_up(&mut self, topic: &str, partition: i32) -> bool {
-        self.consumer.caught_up(topic, partition).unwrap_or(false)
+    fn caught_up(&self, topic: &str, partition: i32) -> bool {
+        self.consumer
+            .caught_up(topic, partition, Duration::from_secs(1))
+            .unwrap_or_else(|error| {
+                tracing::debug!(%error, topic, partition, "lag unknown; treating the input as lagging");
+                false
+            })
     }
 
     /// Delivers the batch's records, retrying while the broker fails (the batch stays in
