@@ -2,6 +2,8 @@
 # shellcheck shell=bash
 
 FEEDSTREAM_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Every script builds the whole workspace in the release profile, so that one build of
+# RocksDB and librdkafka (whose features depend on which packages are built) serves all.
 # One persistent target directory, reused by every clone and by CI: RocksDB and
 # librdkafka are compiled from source and a cold build takes about 15 minutes.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/feedstream/target}"

@@ -24,8 +24,8 @@ else
 fi
 
 say "building feedstream (first build compiles RocksDB and librdkafka: about 15 minutes)"
-cargo build --bin feedstream
-BIN="$CARGO_TARGET_DIR/debug/feedstream"
+cargo build --release --workspace --locked --bins
+BIN="$CARGO_TARGET_DIR/release/feedstream"
 
 ensure_database feedstream
 export FEEDSTREAM_BROKERS="127.0.0.1:$PORT"

@@ -30,4 +30,4 @@ export FEEDSTREAM_TEST_REDIS_URL="redis://127.0.0.1:6379"
 export FEEDSTREAM_TEST_TANSU="$TANSU"
 
 say "running the test suite (unit, property, integration and end-to-end tests)"
-cargo test --workspace --locked --no-fail-fast "$@"
+cargo test --release --workspace --locked --no-fail-fast "$@"

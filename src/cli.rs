@@ -78,6 +78,16 @@ pub struct GlobalArgs {
         default_value = "feedstream"
     )]
     pub application_id: String,
+    /// Longest time the broker may hold a fetch that found too little data, in
+    /// milliseconds (librdkafka's fetch.wait.max.ms): how late a new record can reach an
+    /// idle consumer, against how many empty fetches an idle consumer sends.
+    #[arg(
+        long,
+        global = true,
+        env = "FEEDSTREAM_FETCH_WAIT_MAX_MS",
+        default_value_t = feedstream_topology::kafka::DEFAULT_FETCH_WAIT.as_millis() as u64
+    )]
+    pub fetch_wait_max_ms: u64,
     /// librdkafka debug contexts to log (e.g. `cgrp,fetch`), for diagnosing Kafka clients.
     #[arg(long, global = true, env = "FEEDSTREAM_KAFKA_DEBUG")]
     pub kafka_debug: Option<String>,
@@ -292,7 +302,8 @@ pub struct ProcessArgs {
     /// Most input records per processing batch (one commit each).
     #[arg(long, env = "FEEDSTREAM_PROCESS_BATCH_RECORDS", default_value_t = 500)]
     pub process_batch_records: usize,
-    /// Longest wait to fill a processing batch, in milliseconds.
+    /// Longest wait for the first record of an intake, in milliseconds; after it, an
+    /// intake takes only records already fetched.
     #[arg(long, env = "FEEDSTREAM_PROCESS_BATCH_WAIT_MS", default_value_t = 50)]
     pub process_batch_wait_ms: u64,
     /// How long a task waits for a lagging input before processing the other one
@@ -313,7 +324,8 @@ pub struct SinkArgs {
     /// Most records per sink batch (one PostgreSQL transaction each).
     #[arg(long, env = "FEEDSTREAM_SINK_BATCH_RECORDS", default_value_t = 1000)]
     pub sink_batch_records: usize,
-    /// Longest wait to fill a sink batch, in milliseconds.
+    /// Longest wait for the first record of a sink batch, in milliseconds; after it, a
+    /// batch takes only records already fetched (batches grow under load by themselves).
     #[arg(long, env = "FEEDSTREAM_SINK_BATCH_WAIT_MS", default_value_t = 50)]
     pub sink_batch_wait_ms: u64,
     /// Serve /metrics on this address (the `run` command serves them on the API).

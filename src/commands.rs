@@ -44,16 +44,11 @@ async fn deadline_after_signal(receiver: watch::Receiver<bool>, bound: Duration)
     tokio::time::sleep(bound).await;
 }
 
-/// A registry with the failure metrics under their conventional names; the rest of a
-/// command's metrics go under `feedstream_` (see [`prefixed`]).
+/// A command's registry, with the failure metrics every runtime shares.
 fn registries() -> (Registry, FailureMetrics) {
     let mut registry = Registry::default();
     let failures = FailureMetrics::register(&mut registry);
     (registry, failures)
-}
-
-fn prefixed(registry: &mut Registry) -> &mut Registry {
-    registry.sub_registry_with_prefix("feedstream")
 }
 
 async fn execute(
@@ -96,22 +91,21 @@ async fn execute(
         }
         Command::Process(args) => {
             let (mut registry, failures) = registries();
-            let metrics = ProcessorMetrics::register(prefixed(&mut registry), failures);
+            let metrics = ProcessorMetrics::register(&mut registry, failures);
             serve_metrics(args.process_metrics_listen, registry, receiver.clone()).await?;
             run_processor(&global, &topics, &args, metrics, receiver).await
         }
         Command::Sink(args) => {
             let (mut registry, failures) = registries();
-            let metrics = SinkMetrics::register(prefixed(&mut registry), failures);
+            let metrics = SinkMetrics::register(&mut registry, failures);
             serve_metrics(args.sink_metrics_listen, registry, receiver.clone()).await?;
             run_sink(&global, &topics, &args, metrics, receiver).await
         }
         Command::RebuildState(args) => rebuild_state(&global, &topics, &args).await,
         Command::Run(args) => {
             let (mut registry, failures) = registries();
-            let processor_metrics =
-                ProcessorMetrics::register(prefixed(&mut registry), failures.clone());
-            let sink_metrics = SinkMetrics::register(prefixed(&mut registry), failures);
+            let processor_metrics = ProcessorMetrics::register(&mut registry, failures.clone());
+            let sink_metrics = SinkMetrics::register(&mut registry, failures);
             let api = prepare_api(&global, &topics, &args.api, &mut registry).await?;
             let registry = Arc::new(registry);
 
@@ -237,6 +231,7 @@ fn kafka(global: &GlobalArgs, delivery_timeout: Duration) -> KafkaSettings {
         brokers: global.brokers.clone(),
         delivery_timeout,
         debug: global.kafka_debug.clone(),
+        fetch_wait: Duration::from_millis(global.fetch_wait_max_ms),
     }
 }
 
@@ -525,7 +520,7 @@ async fn prepare_api(
         pool,
         &global.database_url,
         cache,
-        ReadMetrics::register(prefixed(registry)),
+        ReadMetrics::register(registry),
     );
     let publisher = Arc::new(EventPublisher::new(
         &settings,
@@ -533,7 +528,7 @@ async fn prepare_api(
         args.node_id,
         args.max_pending_publishes,
     )?);
-    let metrics = ApiMetrics::register(prefixed(registry));
+    let metrics = ApiMetrics::register(registry);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;

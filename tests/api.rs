@@ -188,7 +188,7 @@ async fn bad_input_gets_a_json_4xx() -> anyhow::Result<()> {
         .text()
         .await?;
     assert!(
-        metrics.contains("feedstream_api_events_published_total{event_type=\"POST_CREATED\"} 1"),
+        metrics.contains("api_events_published_total{type=\"POST_CREATED\"} 1"),
         "{metrics}"
     );
     assert!(metrics.contains("route=\"/posts\""), "{metrics}");

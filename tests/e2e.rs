@@ -70,7 +70,7 @@ async fn feeds_match_the_model_and_survive_a_sink_replay() -> anyhow::Result<()>
         .await?;
     let hits: f64 = metrics
         .lines()
-        .find_map(|line| line.strip_prefix("feedstream_read_cache_hits_total "))
+        .find_map(|line| line.strip_prefix("feed_cache_hits_total "))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0.0);
     assert!(hits > 0.0, "no feed page was served from Redis:\n{metrics}");

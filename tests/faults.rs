@@ -570,12 +570,9 @@ async fn feeds_stay_exact_through_crashes_outages_and_poison() -> anyhow::Result
             Duration::from_secs(180),
             "the processor to run its tasks",
             || async {
-                Ok(metric(
-                    cluster.processor_metrics,
-                    "feedstream_processor_active_tasks",
-                )
-                .await
-                .unwrap_or(0.0)
+                Ok(metric(cluster.processor_metrics, "processor_active_tasks")
+                    .await
+                    .unwrap_or(0.0)
                     >= 1.0)
             },
         )
@@ -699,6 +696,7 @@ async fn feeds_stay_exact_through_crashes_outages_and_poison() -> anyhow::Result
         brokers: deployment.brokers.clone(),
         delivery_timeout: Duration::from_secs(30),
         debug: None,
+        fetch_wait: feedstream_topology::kafka::DEFAULT_FETCH_WAIT,
     };
     let letters = tokio::task::block_in_place(|| read_dead_letters(&kafka, &topics))?;
     let by_source: BTreeMap<(String, i32, i64), String> = letters

@@ -61,9 +61,7 @@ async fn rebuild(
 /// Polls a processor's metrics until it runs at least `tasks` tasks.
 async fn await_active_tasks(port: u16, tasks: u32, what: &str) -> anyhow::Result<()> {
     eventually(FEED_DEADLINE, what, || async {
-        let active = metric(port, "feedstream_processor_active_tasks")
-            .await
-            .unwrap_or(0.0);
+        let active = metric(port, "processor_active_tasks").await.unwrap_or(0.0);
         Ok(active >= f64::from(tasks))
     })
     .await
@@ -167,7 +165,7 @@ async fn a_wiped_state_dir_is_restored_to_the_same_stores() -> anyhow::Result<()
         client.post(author, "after the wipe").await?;
     }
     assert_feeds_match_model(&client).await?;
-    let restored = metric(metrics_port, "feedstream_processor_restored_records_total").await?;
+    let restored = metric(metrics_port, "state_restore_records_total").await?;
     assert!(
         restored > 0.0,
         "the processor restored its stores from the changelogs"

@@ -182,7 +182,7 @@ async fn publish(state: &ApiState, event: &Envelope) -> Result<(), Rejection> {
                 .metrics
                 .published
                 .get_or_create(&EventLabel {
-                    event_type: event.type_name(),
+                    r#type: event.type_name(),
                 })
                 .inc();
             Ok(())
@@ -227,7 +227,7 @@ async fn create_post(
     let EventBody::PostCreated { post_id, .. } = &event.body else {
         unreachable!("post_created builds a POST_CREATED")
     };
-    tracing::info!(event_id = %event.event_id, author = %author, "post accepted");
+    tracing::debug!(event_id = %event.event_id, author = %author, "post accepted");
     Ok(accepted(
         serde_json::json!({ "post_id": post_id, "event_id": event.event_id }),
     ))
@@ -257,7 +257,7 @@ async fn delete_post(
     }
     let event = state.publisher.post_deleted(caller, post_id);
     publish(&state, &event).await?;
-    tracing::info!(event_id = %event.event_id, author = %caller, post_id = %post_id, "deletion accepted");
+    tracing::debug!(event_id = %event.event_id, author = %caller, post_id = %post_id, "deletion accepted");
     Ok(accepted(
         serde_json::json!({ "post_id": post_id, "event_id": event.event_id }),
     ))
@@ -279,7 +279,7 @@ async fn follow(
 ) -> Result<warp::reply::Response, Rejection> {
     let event = state.publisher.followed(follower, body.followee_id);
     publish(&state, &event).await?;
-    tracing::info!(event_id = %event.event_id, follower = %follower, followee = %body.followee_id, "follow accepted");
+    tracing::debug!(event_id = %event.event_id, follower = %follower, followee = %body.followee_id, "follow accepted");
     Ok(accepted(serde_json::json!({ "event_id": event.event_id })))
 }
 
@@ -291,7 +291,7 @@ async fn unfollow(
     let followee = path_user(&followee)?;
     let event = state.publisher.unfollowed(follower, followee);
     publish(&state, &event).await?;
-    tracing::info!(event_id = %event.event_id, follower = %follower, followee = %followee, "unfollow accepted");
+    tracing::debug!(event_id = %event.event_id, follower = %follower, followee = %followee, "unfollow accepted");
     Ok(accepted(serde_json::json!({ "event_id": event.event_id })))
 }
 

@@ -1,18 +1,61 @@
+//! Metrics of the sink and of the read path, named by Prometheus conventions (see
+//! `feedstream_topology::metrics`).
+
 use feedstream_topology::metrics::FailureMetrics;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// Metrics of the sink, under `feedstream_sink_*`.
+/// Which store a sink step wrote: `postgres` or `redis`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    pub sink: &'static str,
+}
+
+pub const POSTGRES: SinkLabel = SinkLabel { sink: "postgres" };
+pub const REDIS: SinkLabel = SinkLabel { sink: "redis" };
+
 #[derive(Clone)]
 pub struct SinkMetrics {
     pub posts_written: Counter,
-    pub feed_changes_applied: Counter,
+    pub feed_changes_applied: Family<SinkLabel, Counter>,
+    pub batch_seconds: Family<SinkLabel, Histogram>,
     pub failures: FailureMetrics,
-    pub batch_seconds: Histogram,
 }
 
-/// Metrics of the read path, under `feedstream_read_*`.
+impl SinkMetrics {
+    /// Registers the sink's metrics; `failures` is registered by its owner.
+    pub fn register(registry: &mut Registry, failures: FailureMetrics) -> Self {
+        let metrics = Self {
+            posts_written: Counter::default(),
+            feed_changes_applied: Family::default(),
+            batch_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+            failures,
+        };
+        registry.register(
+            "sink_posts_written",
+            "Posts upserted into PostgreSQL",
+            metrics.posts_written.clone(),
+        );
+        registry.register(
+            "sink_feed_changes_applied",
+            "Feed changes made durable, by store (postgres, redis)",
+            metrics.feed_changes_applied.clone(),
+        );
+        registry.register(
+            "sink_batch_duration_seconds",
+            "Time to write one batch into a store, retries included, by store (postgres, redis)",
+            metrics.batch_seconds.clone(),
+        );
+        metrics
+    }
+}
+
+/// Metrics of the read path.
 #[derive(Clone, Default)]
 pub struct ReadMetrics {
     pub cache_hits: Counter,
@@ -23,50 +66,20 @@ pub struct ReadMetrics {
 impl ReadMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
-        let read = registry.sub_registry_with_prefix("read");
-        read.register(
-            "cache_hits",
+        registry.register(
+            "feed_cache_hits",
             "Feed pages served from Redis",
             metrics.cache_hits.clone(),
         );
-        read.register(
-            "cache_misses",
+        registry.register(
+            "feed_cache_misses",
             "Feed pages that had to read PostgreSQL",
             metrics.cache_misses.clone(),
         );
-        read.register(
-            "cache_errors",
+        registry.register(
+            "feed_cache_errors",
             "Redis failures on the read path (served from PostgreSQL)",
             metrics.cache_errors.clone(),
-        );
-        metrics
-    }
-}
-
-impl SinkMetrics {
-    /// Registers under `feedstream_sink_*`; `failures` is registered by its owner.
-    pub fn register(registry: &mut Registry, failures: FailureMetrics) -> Self {
-        let metrics = Self {
-            posts_written: Counter::default(),
-            feed_changes_applied: Counter::default(),
-            failures,
-            batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-        };
-        let sink = registry.sub_registry_with_prefix("sink");
-        sink.register(
-            "posts_written",
-            "Posts upserted into PostgreSQL",
-            metrics.posts_written.clone(),
-        );
-        sink.register(
-            "feed_changes_applied",
-            "Feed changes applied to PostgreSQL and Redis",
-            metrics.feed_changes_applied.clone(),
-        );
-        sink.register(
-            "batch_duration_seconds",
-            "Time to write and commit one batch",
-            metrics.batch_seconds.clone(),
         );
         metrics
     }

@@ -23,6 +23,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::cache::FeedCache;
+use crate::metrics::{SinkLabel, POSTGRES, REDIS};
 use crate::postgres::{redact, write_batch, CacheOp, PostWrite};
 use crate::{SinkError, SinkMetrics};
 
@@ -96,7 +97,6 @@ pub async fn run(
         if batch.records.is_empty() {
             continue;
         }
-        let started = Instant::now();
         writer.write(&batch.records).await?;
         if let Err(error) = consumer.commit(&next_offsets(&batch.records)) {
             // Retried with the next commit; should a rebalance take the partitions
@@ -104,9 +104,6 @@ pub async fn run(
             metrics.failures.retried("kafka");
             tracing::warn!(%error, "offset commit failed; it is retried with the next one");
         }
-        metrics
-            .batch_seconds
-            .observe(started.elapsed().as_secs_f64());
     }
     tracing::info!("sink stopped");
     Ok(())
@@ -134,6 +131,7 @@ impl Writer<'_> {
     /// letters. Returns only when all of it is done (or at shutdown, with an error).
     async fn write(&self, records: &[InputRecord]) -> Result<(), SinkError> {
         let (writes, mut dead_letters) = decode(&self.settings.topics, records);
+        let started = Instant::now();
         let ops = match self.write_postgres(&writes).await {
             Ok(ops) => ops,
             Err(error) if !error.is_retriable() => {
@@ -142,12 +140,15 @@ impl Writer<'_> {
             }
             Err(error) => return Err(error),
         };
+        self.observe_batch(&POSTGRES, started);
+        let started = Instant::now();
         self.retry("redis", || self.cache.apply(&ops)).await?;
+        self.observe_batch(&REDIS, started);
         if !dead_letters.is_empty() {
             let outbound: Vec<_> = dead_letters
                 .iter()
                 .map(|(record, failure)| {
-                    tracing::warn!(source = %record.source(), reason = failure.reason, detail = %failure.detail, "dead-lettering record");
+                    tracing::warn!(source = %record.source(), event_id = record.event_id.map(tracing::field::display), reason = failure.reason, detail = %failure.detail, "dead-lettering record");
                     dead_letter(&self.settings.topics.dead_letter, record, failure)
                 })
                 .collect();
@@ -161,16 +162,36 @@ impl Writer<'_> {
                 .iter()
                 .any(|(letter, _)| std::ptr::eq(*letter, record))
         };
-        for (_, write) in writes.iter().filter(|(record, _)| !rejected(record)) {
+        let mut changes = 0;
+        for (record, write) in writes.iter().filter(|(record, _)| !rejected(record)) {
             match write {
-                Write::Post(_) => self.metrics.posts_written.inc(),
-                Write::Change(_) => self.metrics.feed_changes_applied.inc(),
+                Write::Post(_) => {
+                    self.metrics.posts_written.inc();
+                    tracing::debug!(
+                        event_id = record.event_id.map(tracing::field::display),
+                        "post written"
+                    );
+                }
+                Write::Change(change) => {
+                    changes += 1;
+                    tracing::debug!(event_id = record.event_id.map(tracing::field::display), feed = %change.key(), "feed change written");
+                }
             };
         }
+        let applied = &self.metrics.feed_changes_applied;
+        applied.get_or_create(&POSTGRES).inc_by(changes);
+        applied.get_or_create(&REDIS).inc_by(ops.len() as u64);
         for (_, failure) in &dead_letters {
             self.metrics.failures.dead_lettered(failure.reason);
         }
         Ok(())
+    }
+
+    fn observe_batch(&self, sink: &SinkLabel, started: Instant) {
+        self.metrics
+            .batch_seconds
+            .get_or_create(sink)
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Writes in one transaction, retrying transient failures.
@@ -229,7 +250,7 @@ impl Writer<'_> {
                         }
                         self.metrics.failures.retried("record");
                         let delay = self.settings.retry.delay(failure.attempts);
-                        tracing::warn!(source = %record.source(), %error, attempt = failure.attempts, ?delay, "record rejected by PostgreSQL; trying it again");
+                        tracing::warn!(source = %record.source(), event_id = record.event_id.map(tracing::field::display), %error, attempt = failure.attempts, ?delay, "record rejected by PostgreSQL; trying it again");
                         tokio::time::sleep(delay).await;
                     }
                 }

@@ -153,7 +153,13 @@ impl Deployment {
     /// Starts a command that serves the API (`api`, `run`); returns it once it listens,
     /// with its base URL.
     pub async fn spawn_serving(&self, args: &[&str]) -> anyhow::Result<(Child, String)> {
-        let mut child = self.command(args).stdout(Stdio::piped()).spawn()?;
+        self.serve(self.command(args)).await
+    }
+
+    /// Starts `command` (from [`Self::command`], adjusted) and returns it once it listens,
+    /// with its base URL.
+    pub async fn serve(&self, mut command: Command) -> anyhow::Result<(Child, String)> {
+        let mut child = command.stdout(Stdio::piped()).spawn()?;
         let stdout = child.stdout.take().context("api stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let url = tokio::time::timeout(Duration::from_secs(60), async {

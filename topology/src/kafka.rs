@@ -32,7 +32,17 @@ pub struct KafkaSettings {
     pub delivery_timeout: Duration,
     /// librdkafka debug contexts (e.g. `cgrp,fetch`), for diagnosing the client.
     pub debug: Option<String>,
+    /// Longest time the broker may hold a consumer's fetch that found too little data
+    /// (`fetch.wait.max.ms`): how late a new record can reach an idle consumer.
+    pub fetch_wait: Duration,
 }
+
+/// Default of [`KafkaSettings::fetch_wait`]. tansu 0.6 holds every fetch for about
+/// this long (half of it from 500 ms up) even when it has records, so librdkafka's
+/// default (500 ms) adds ~250 ms per hop there; 10 ms keeps a post's way to the feeds
+/// short, at up to 100 fetches a second from an idle consumer. On Kafka a fetch returns
+/// as soon as records arrive, and the setting only bounds empty fetches.
+pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_millis(10);
 
 /// A Kafka failure, and whether trying again later can succeed.
 #[derive(Debug, thiserror::Error)]
@@ -109,12 +119,21 @@ pub fn producer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfi
     config
 }
 
+fn consumer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
+    let mut config = client_config(settings, client_id);
+    config.set(
+        "fetch.wait.max.ms",
+        settings.fetch_wait.as_millis().to_string(),
+    );
+    config
+}
+
 /// A consumer that is in no group: it reads exactly the partitions it is assigned.
 pub fn standalone_consumer(
     settings: &KafkaSettings,
     client_id: &str,
 ) -> Result<BaseConsumer, KafkaFailure> {
-    client_config(settings, client_id)
+    consumer_config(settings, client_id)
         .set("group.id", format!("{client_id}-standalone"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -343,7 +362,7 @@ impl GroupConsumer {
         topics: &[&str],
         lag: Family<LagLabels, Gauge>,
     ) -> Result<Self, KafkaFailure> {
-        let mut config = client_config(settings, client_id);
+        let mut config = consumer_config(settings, client_id);
         config
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
@@ -379,8 +398,11 @@ impl GroupConsumer {
         })
     }
 
-    /// Reads up to `max_records`, for at most `max_wait`, stopping early at a membership
-    /// change or at shutdown. Records of the returned batch all precede its changes.
+    /// Waits up to `max_wait` for a first record, then takes the records already
+    /// fetched, up to `max_records`, without waiting for more: a record is handed on at
+    /// once when traffic is light, and batches grow by themselves under load (from what
+    /// arrived while the last batch was written). Stops early at a membership change or
+    /// at shutdown. Records of the returned batch all precede its changes.
     pub async fn next_batch(
         &mut self,
         max_records: usize,
@@ -402,7 +424,11 @@ impl GroupConsumer {
             if remaining.is_zero() || self.consumer.context().has_changes() {
                 break;
             }
-            let step = remaining.min(Duration::from_millis(100));
+            let step = if batch.records.is_empty() {
+                remaining.min(Duration::from_millis(100))
+            } else {
+                Duration::ZERO
+            };
             tokio::select! {
                 received = tokio::time::timeout(step, self.consumer.recv()) => match received {
                     Ok(Ok(message)) => {
@@ -417,6 +443,8 @@ impl GroupConsumer {
                         tracing::warn!(%error, "consumer error; librdkafka retries");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
+                    // Nothing more already fetched: hand on what there is.
+                    Err(_) if !batch.records.is_empty() => break,
                     Err(_) => {}
                 },
                 _ = shutdown.changed() => break,
@@ -468,51 +496,67 @@ impl GroupConsumer {
         Ok(())
     }
 
-    /// The next offset this member will read of a partition, if known.
-    pub fn position(&self, topic: &str, partition: i32) -> Option<i64> {
-        let positions = self.consumer.position().ok()?;
-        match positions.find_partition(topic, partition)?.offset() {
-            Offset::Offset(offset) => Some(offset),
-            _ => None,
-        }
-    }
-
-    /// Whether this member has read everything the broker holds of a partition. The
-    /// high watermark is asked of the broker at the time of the question: a fetch
-    /// response reads its partitions one after another, so the one it carried can miss a
-    /// record stored before a later record of another partition. Before the first record
-    /// arrives the position is unknown; then the committed offset (or, without one, the
-    /// start of the partition) is where reading resumes.
+    /// Whether this member has read everything the broker holds of each of `partitions`
+    /// of `topic`, asked in one request. The end offsets are asked of the broker at the
+    /// time of the question: a fetch response reads its partitions one after another,
+    /// so the watermark it carried can miss a record stored before a later record of
+    /// another partition. Before the first record arrives the position is unknown; then
+    /// the committed offset (or, without one, the start of the partition) is where
+    /// reading resumes.
     pub fn caught_up(
         &self,
         topic: &str,
-        partition: i32,
+        partitions: &[i32],
         timeout: Duration,
-    ) -> Result<bool, KafkaFailure> {
+    ) -> Result<BTreeMap<i32, bool>, KafkaFailure> {
+        let list = |offset: Offset| -> Result<TopicPartitionList, KafkaFailure> {
+            let mut list = TopicPartitionList::new();
+            for partition in partitions {
+                list.add_partition_offset(topic, *partition, offset)
+                    .map_err(KafkaFailure::Operation)?;
+            }
+            Ok(list)
+        };
+        let offsets_of = |list: &TopicPartitionList| -> BTreeMap<i32, i64> {
+            list.elements_for_topic(topic)
+                .into_iter()
+                .filter_map(|element| match element.offset() {
+                    Offset::Offset(offset) => Some((element.partition(), offset)),
+                    _ => None,
+                })
+                .collect()
+        };
         tokio::task::block_in_place(|| {
-            let (low, high) = self
+            // A ListOffsets for "latest" (Offset::End, timestamp -1) of every partition.
+            let ends = self
                 .consumer
-                .fetch_watermarks(topic, partition, timeout)
+                .offsets_for_times(list(Offset::End)?, timeout)
                 .map_err(KafkaFailure::Operation)?;
-            let resumes_at = match self.position(topic, partition) {
-                Some(position) => position,
-                None => {
-                    let mut list = TopicPartitionList::new();
-                    list.add_partition(topic, partition);
-                    let committed = self
-                        .consumer
-                        .committed_offsets(list, timeout)
-                        .map_err(KafkaFailure::Operation)?;
-                    match committed
-                        .find_partition(topic, partition)
-                        .map(|element| element.offset())
-                    {
-                        Some(Offset::Offset(offset)) => offset,
-                        _ => low,
-                    }
+            let ends = offsets_of(&ends);
+            let mut positions = self
+                .consumer
+                .position()
+                .map(|positions| offsets_of(&positions))
+                .unwrap_or_default();
+            if partitions.iter().any(|p| !positions.contains_key(p)) {
+                let committed = self
+                    .consumer
+                    .committed_offsets(list(Offset::Invalid)?, timeout)
+                    .map_err(KafkaFailure::Operation)?;
+                for (partition, offset) in offsets_of(&committed) {
+                    positions.entry(partition).or_insert(offset);
                 }
-            };
-            Ok(resumes_at >= high)
+            }
+            Ok(partitions
+                .iter()
+                .map(|partition| {
+                    let end = ends.get(partition).copied().unwrap_or(i64::MAX);
+                    // Without a position or a committed offset, reading starts at the
+                    // beginning, offset 0 for inputs (they are kept forever).
+                    let resumes_at = positions.get(partition).copied().unwrap_or(0);
+                    (*partition, resumes_at >= end)
+                })
+                .collect())
         })
     }
 

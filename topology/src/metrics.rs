@@ -1,5 +1,6 @@
-//! Metrics of the processor, registered under `feedstream_processor_*`, and the failure
-//! metrics every runtime shares, named without a prefix by Prometheus conventions.
+//! Metrics of the processor and the failure metrics every runtime shares, named by
+//! Prometheus conventions (unit suffixes, `_total` on counters, no application prefix:
+//! the `job` label of a scrape says which deployment they come from).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,13 +15,22 @@ pub struct TopicLabel {
     pub topic: String,
 }
 
+/// An input event's type (`POST_CREATED`, ...) or `INVALID` for a dead-lettered record.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventTypeLabel {
+    pub r#type: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
     pub task: i32,
     pub store: &'static str,
 }
 
-/// What failed: `kafka`, `postgres`, `redis`, or `record` for a record retried alone.
+/// What a retry can be for: `record` is one record retried alone.
+pub const RETRY_TYPES: [&str; 4] = ["kafka", "postgres", "redis", "record"];
+
+/// What failed: one of [`RETRY_TYPES`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryType {
     pub r#type: &'static str,
@@ -49,6 +59,13 @@ pub struct FailureMetrics {
 impl FailureMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
+        // Every type from the start, at 0, so that rates and alerts have a series.
+        for r#type in RETRY_TYPES {
+            metrics
+                .retries
+                .get_or_create(&RetryType { r#type })
+                .inc_by(0);
+        }
         registry.register(
             "event_retry",
             "Retries after a failure, by what failed (kafka, postgres, redis; record: one record retried alone)",
@@ -78,10 +95,14 @@ impl FailureMetrics {
     }
 }
 
+/// Metrics of the processor: its own work, the fan-out it causes and its state stores.
 #[derive(Clone)]
 pub struct ProcessorMetrics {
     pub records: Family<TopicLabel, Counter>,
     pub feed_changes: Counter,
+    pub processing_seconds: Family<EventTypeLabel, Histogram>,
+    pub fanout_entries: Counter,
+    pub fanout_size: Histogram,
     pub failures: FailureMetrics,
     pub batch_seconds: Histogram,
     pub active_tasks: Gauge,
@@ -92,11 +113,18 @@ pub struct ProcessorMetrics {
 }
 
 impl ProcessorMetrics {
-    /// Registers under `feedstream_processor_*`; `failures` is registered by its owner.
+    /// Registers the processor's metrics; `failures` is registered by its owner.
     pub fn register(registry: &mut Registry, failures: FailureMetrics) -> Self {
         let metrics = Self {
             records: Family::default(),
             feed_changes: Counter::default(),
+            // From 1 µs: applying one event is a few RocksDB reads and writes.
+            processing_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_001, 2.0, 22))
+            }),
+            fanout_entries: Counter::default(),
+            // 1, 2, 4, ... 2^20 feeds: up to the largest follower counts fanned out.
+            fanout_size: Histogram::new(exponential_buckets(1.0, 2.0, 21)),
             failures,
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             active_tasks: Gauge::default(),
@@ -105,47 +133,71 @@ impl ProcessorMetrics {
             restore_rate: Gauge::default(),
             store_size_bytes: Family::default(),
         };
-        let registry = registry.sub_registry_with_prefix("processor");
         registry.register(
-            "records",
+            "processor_records",
             "Input records processed, by topic",
             metrics.records.clone(),
         );
         registry.register(
-            "feed_changes",
+            "processor_feed_changes",
             "Feed changes sent to feed-events",
             metrics.feed_changes.clone(),
         );
         registry.register(
-            "batch_duration_seconds",
+            "event_processing_duration_seconds",
+            "Time to apply one input event to the state stores and build its output, by event type",
+            metrics.processing_seconds.clone(),
+        );
+        registry.register(
+            "fanout_entries",
+            "Feed entries added by the processor (fan-out on write, own posts, backfills)",
+            metrics.fanout_entries.clone(),
+        );
+        registry.register(
+            "fanout_size",
+            "Feeds one new post was written into (1 for a celebrity's: merged on read)",
+            metrics.fanout_size.clone(),
+        );
+        registry.register(
+            "processor_batch_duration_seconds",
             "Time from the end of intake to the commit of a batch",
             metrics.batch_seconds.clone(),
         );
         registry.register(
-            "active_tasks",
+            "processor_active_tasks",
             "Tasks (partition pairs) this instance runs",
             metrics.active_tasks.clone(),
         );
         registry.register(
-            "restored_records",
+            "state_restore_records",
             "Changelog records applied while restoring stores",
             metrics.restored_records.clone(),
         );
         registry.register(
-            "restore_duration_seconds",
+            "state_restore_duration_seconds",
             "Time to restore one store of one task",
             metrics.restore_seconds.clone(),
         );
         registry.register(
-            "restore_rate",
+            "state_restore_records_per_second",
             "Records per second of the latest store restoration",
             metrics.restore_rate.clone(),
         );
         registry.register(
-            "store_size_bytes",
+            "state_store_size_bytes",
             "Approximate on-disk size of each store, by task",
             metrics.store_size_bytes.clone(),
         );
         metrics
+    }
+
+    /// Records how long one event took and, for a new post, how many feeds it reached.
+    pub fn observe_event(&self, r#type: &'static str, seconds: f64, entries_added: u64) {
+        self.processing_seconds
+            .get_or_create(&EventTypeLabel { r#type })
+            .observe(seconds);
+        if r#type == "POST_CREATED" {
+            self.fanout_size.observe(entries_added as f64);
+        }
     }
 }

@@ -17,7 +17,9 @@ use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 
 use crate::dead_letter::{dead_letter, Failure, Stage};
-use crate::event::{Envelope, FeedEvent, InputTopic, EVENT_ID_HEADER, FEED_EVENT_VERSION};
+use crate::event::{
+    Envelope, FeedChange, FeedEvent, InputTopic, EVENT_ID_HEADER, FEED_EVENT_VERSION,
+};
 use crate::feed::{apply, FeedRules, TaskStores};
 use crate::kafka::{
     self, Delivered, GroupConsumer, InputRecord, KafkaFailure, KafkaSettings, MembershipChange,
@@ -94,7 +96,15 @@ struct Task {
     follows: VecDeque<InputRecord>,
     /// Since when the task has been waiting for a lagging input.
     waiting_since: Option<Instant>,
+    /// When the stores were last synced and checkpointed.
+    checkpointed: Instant,
 }
+
+/// Longest time between checkpoints of a task that keeps changing. A checkpoint syncs
+/// the stores' WAL and writes a file (two fsyncs each); between checkpoints the stores
+/// run ahead of the file, and a crash only makes the restore replay the changelog from
+/// the older position (its records are idempotent puts and deletes).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Task {
     /// Opens the task's stores and restores them to the end of their changelogs before
@@ -139,7 +149,7 @@ impl Task {
                 "store restored"
             );
         }
-        Ok(Self {
+        let mut task = Self {
             partition,
             dir,
             stores: TaskStores::new(opened.followers, opened.author_posts, settings.rules),
@@ -147,11 +157,15 @@ impl Task {
             posts: VecDeque::new(),
             follows: VecDeque::new(),
             waiting_since: None,
-        })
+            checkpointed: Instant::now(),
+        };
+        task.record_sizes(metrics);
+        Ok(task)
     }
 
     /// Syncs the stores and records the changelog positions they reflect.
     fn checkpoint(&mut self, full_flush: bool) -> Result<(), StateError> {
+        self.checkpointed = Instant::now();
         for name in STORES {
             if let Some(store) = self.stores.store_mut(name) {
                 if full_flush {
@@ -312,6 +326,8 @@ struct Effects {
     outbound: Vec<OutboundRecord>,
     commit: BTreeMap<TopicPartition, i64>,
     feed_changes: u64,
+    /// Of those, ENTRY_ADDED.
+    entries_added: u64,
     /// Reason of each dead letter sent.
     dead_letters: Vec<&'static str>,
     records: BTreeMap<String, u64>,
@@ -462,12 +478,12 @@ impl Runtime<'_> {
                     continue;
                 };
                 budget -= 1;
-                process_record(self.settings, task, record, &mut effects).map_err(|source| {
-                    ProcessorError::Store {
+                process_record(self.settings, &self.metrics, task, record, &mut effects).map_err(
+                    |source| ProcessorError::Store {
                         task: partition,
                         source,
-                    }
-                })?;
+                    },
+                )?;
                 still_ready.push(partition);
             }
             partitions = still_ready;
@@ -476,9 +492,9 @@ impl Runtime<'_> {
     }
 
     /// The task's next record in stream time, if it may be processed now. Whether an
-    /// empty input is in fact caught up is asked of the broker once per cycle: the
-    /// consumer is not polled meanwhile, so `caught_up` (keyed by task and topic) keeps
-    /// the answer for the rest of the cycle.
+    /// empty input is in fact caught up is asked of the broker once per cycle and topic,
+    /// for every task at once: the consumer is not polled meanwhile, so `caught_up`
+    /// (keyed by task and topic) keeps the answers for the rest of the cycle.
     fn next_record(
         &mut self,
         partition: i32,
@@ -505,7 +521,10 @@ impl Runtime<'_> {
             } else {
                 &topics.follow_events
             };
-            empty.caught_up = self.caught_up(lagging, partition);
+            for (task, verdict) in self.caught_up(lagging) {
+                caught_up.insert((task, key.1), verdict);
+            }
+            empty.caught_up = caught_up.get(&key).copied().unwrap_or(false);
             caught_up.insert(key, empty.caught_up);
             decision = stream_time::next(posts_head, follows_head, empty, max_idle);
         }
@@ -525,12 +544,14 @@ impl Runtime<'_> {
         record
     }
 
-    fn caught_up(&self, topic: &str, partition: i32) -> bool {
+    /// Which tasks have read all of `topic`; none, when the broker does not say.
+    fn caught_up(&self, topic: &str) -> BTreeMap<i32, bool> {
+        let partitions: Vec<i32> = self.tasks.keys().copied().collect();
         self.consumer
-            .caught_up(topic, partition, Duration::from_secs(1))
+            .caught_up(topic, &partitions, Duration::from_secs(1))
             .unwrap_or_else(|error| {
-                tracing::debug!(%error, topic, partition, "lag unknown; treating the input as lagging");
-                false
+                tracing::debug!(%error, topic, "lag unknown; treating the inputs as lagging");
+                BTreeMap::new()
             })
     }
 
@@ -570,6 +591,7 @@ impl Runtime<'_> {
                 .inc_by(count);
         }
         self.metrics.feed_changes.inc_by(effects.feed_changes);
+        self.metrics.fanout_entries.inc_by(effects.entries_added);
         for reason in effects.dead_letters {
             self.metrics.failures.dead_lettered(reason);
         }
@@ -577,7 +599,7 @@ impl Runtime<'_> {
     }
 
     /// Moves each task's changelog positions to what the broker acknowledged, then
-    /// checkpoints the tasks that changed.
+    /// checkpoints the tasks that changed, at most once per [`CHECKPOINT_INTERVAL`].
     fn checkpoint_after_commit(&mut self, delivered: &[Delivered]) -> Result<(), ProcessorError> {
         let changelogs: BTreeMap<String, &'static str> = STORES
             .iter()
@@ -595,7 +617,8 @@ impl Runtime<'_> {
             }
         }
         for partition in touched {
-            if let Some(task) = self.tasks.get_mut(&partition) {
+            let due = |task: &&mut Task| task.checkpointed.elapsed() >= CHECKPOINT_INTERVAL;
+            if let Some(task) = self.tasks.get_mut(&partition).filter(due) {
                 task.checkpoint(false)
                     .map_err(|source| ProcessorError::State {
                         task: partition,
@@ -624,10 +647,12 @@ impl Runtime<'_> {
 /// Applies one record to its task and appends what it causes to `effects`.
 fn process_record(
     settings: &ProcessorSettings,
+    metrics: &ProcessorMetrics,
     task: &mut Task,
     record: InputRecord,
     effects: &mut Effects,
 ) -> Result<(), StoreError> {
+    let started = Instant::now();
     let topics = &settings.topics;
     let found_on = if record.topic == topics.post_events {
         InputTopic::PostEvents
@@ -642,7 +667,13 @@ fn process_record(
     match decoded {
         Ok(event) => {
             let changes = apply(&event, &mut task.stores)?;
+            let entries_added = changes
+                .iter()
+                .filter(|change| matches!(change, FeedChange::EntryAdded { .. }))
+                .count() as u64;
             effects.feed_changes += changes.len() as u64;
+            effects.entries_added += entries_added;
+            tracing::debug!(event_id = %event.event_id, event_type = event.type_name(), task = task.partition, changes = changes.len(), "event processed");
             for change in changes {
                 let key = change.key().to_string().into_bytes();
                 let value = FeedEvent {
@@ -670,9 +701,15 @@ fn process_record(
                     headers: Vec::new(),
                 });
             }
+            metrics.observe_event(
+                event.type_name(),
+                started.elapsed().as_secs_f64(),
+                entries_added,
+            );
         }
         Err(invalid) => {
-            tracing::warn!(source = %record.source(), reason = %invalid, "dead-lettering input record");
+            tracing::warn!(source = %record.source(), event_id = record.event_id.map(tracing::field::display), reason = %invalid, "dead-lettering input record");
+            metrics.observe_event("INVALID", started.elapsed().as_secs_f64(), 0);
             let failure = Failure::permanent(invalid.code(), invalid.to_string(), Stage::Processor);
             effects.dead_letters.push(failure.reason);
             effects

@@ -1,0 +1,415 @@
+//! `feedstream-bench`: measures the machine's ceilings, starts feedstream (api, process,
+//! sink) against the given broker, PostgreSQL and Redis, drives it through its HTTP API
+//! and writes a JSON result and a Markdown report with plots. `scripts/bench.sh` runs it
+//! against a fresh broker; see the README.
+
+mod ceilings;
+mod graph;
+mod load;
+mod phases;
+mod plot;
+mod report;
+mod system;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use feedstream_topology::kafka::KafkaSettings;
+use tokio::process::Child;
+
+use graph::{Graph, Op};
+use load::{closed_loop, Target};
+use report::{Ceilings, Phase, PhaseCpu, ProcessorCost, Report, Workload};
+use system::{Component, CpuSnapshot, Feedstream, Scrape};
+
+#[derive(Debug, Parser)]
+#[command(name = "feedstream-bench", version)]
+struct Args {
+    /// Directory for report.json, report.md and the plots.
+    #[arg(long)]
+    out: PathBuf,
+    /// The feedstream binary to run (default: next to this one).
+    #[arg(long)]
+    feedstream: Option<PathBuf>,
+    #[arg(long, env = "FEEDSTREAM_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// A database of its own: the bench creates its tables and fills them.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// The broker's process id, to account for its CPU time.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    #[arg(long, default_value_t = 5_000)]
+    users: u64,
+    #[arg(long, default_value_t = 150_000)]
+    follows: usize,
+    /// Posts of the maximum-load phase (every user also posts once before it, and the
+    /// visibility phase posts more).
+    #[arg(long, default_value_t = 25_000)]
+    posts: usize,
+    /// Share of the maximum-load phase's requests that unfollow or follow.
+    #[arg(long, default_value_t = 0.02)]
+    churn: f64,
+    #[arg(long, default_value_t = 2_000)]
+    celebrity_threshold: u64,
+    /// Concurrent HTTP connections of the closed-loop phases.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Records of the broker ceiling measurement.
+    #[arg(long, default_value_t = 200_000)]
+    ceiling_records: u64,
+    #[arg(long, default_value_t = 10)]
+    read_seconds: u64,
+    #[arg(long, default_value_t = 20)]
+    visibility_seconds: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// How long any phase may take to drain before the bench gives up.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(900);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let run_id = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
+    let work = std::env::temp_dir().join(format!("feedstream-bench-{run_id}"));
+    std::fs::create_dir_all(&work)?;
+    let redis_prefix = format!("bench-{run_id}:");
+    let kafka = KafkaSettings {
+        brokers: args.brokers.clone(),
+        delivery_timeout: Duration::from_secs(300),
+        debug: None,
+        fetch_wait: feedstream_topology::kafka::DEFAULT_FETCH_WAIT,
+    };
+    let mut bench = Bench::new(&args, &work, &redis_prefix)?;
+
+    say("measuring the broker's raw produce and consume rates");
+    let broker = ceilings::broker(
+        &kafka,
+        "bench-ceiling-",
+        args.partitions,
+        args.ceiling_records,
+    )
+    .await?;
+    say(&format!(
+        "  produce {:.0}/s, consume {:.0}/s",
+        broker.produce_per_second, broker.consume_per_second
+    ));
+    say("measuring Redis's raw sorted-set read rate");
+    let redis = ceilings::redis(
+        &args.redis_url,
+        &redis_prefix,
+        4,
+        args.connections,
+        Duration::from_secs(5),
+    )
+    .await?;
+    say(&format!("  {:.0} reads/s", redis.per_second));
+    bench.phase_done("ceilings");
+
+    let result = bench.drive(&args, Ceilings { broker, redis }).await;
+    bench.cleanup().await;
+    let mut report = result?;
+    report.check_targets();
+    report.write(&args.out)?;
+    say(&format!(
+        "report written to {}",
+        args.out.join("report.md").display()
+    ));
+    for target in &report.targets {
+        say(&format!(
+            "  {:<45} {:>16} (target {}){}",
+            target.what,
+            target.measured,
+            target.target,
+            if target.met { "" } else { "  MISSED" }
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn say(message: &str) {
+    eprintln!("[feedstream-bench] {message}");
+}
+
+/// The running system and the bookkeeping around its phases.
+struct Bench {
+    feedstream: Feedstream,
+    http: reqwest::Client,
+    /// Base URLs of the three /metrics pages (the API's is set once it listens).
+    api_url: String,
+    process_url: String,
+    sink_url: String,
+    redis_url: String,
+    redis_prefix: String,
+    connections: usize,
+    state_dir: PathBuf,
+    components: Vec<(String, Component)>,
+    cpu: Vec<PhaseCpu>,
+    last_cpu: CpuSnapshot,
+    phase_started: Instant,
+    /// Input events the API acknowledged so far.
+    accepted: u64,
+}
+
+impl Bench {
+    fn new(args: &Args, work: &std::path::Path, redis_prefix: &str) -> anyhow::Result<Self> {
+        let binary = match &args.feedstream {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("the bench binary has no directory")?
+                .join("feedstream"),
+        };
+        anyhow::ensure!(
+            binary.exists(),
+            "no feedstream binary at {}",
+            binary.display()
+        );
+        let (process_port, sink_port) = (system::free_port()?, system::free_port()?);
+        let state_dir = work.join("state");
+        let env = vec![
+            ("FEEDSTREAM_BROKERS", args.brokers.clone()),
+            ("DATABASE_URL", args.database_url.clone()),
+            ("REDIS_URL", args.redis_url.clone()),
+            ("FEEDSTREAM_REDIS_PREFIX", redis_prefix.to_string()),
+            ("FEEDSTREAM_TOPIC_PREFIX", "bench-".to_string()),
+            ("FEEDSTREAM_APPLICATION_ID", "bench".to_string()),
+            (
+                "FEEDSTREAM_CELEBRITY_THRESHOLD",
+                args.celebrity_threshold.to_string(),
+            ),
+            ("FEEDSTREAM_STATE_DIR", state_dir.display().to_string()),
+            (
+                "FEEDSTREAM_PROCESS_METRICS_LISTEN",
+                format!("127.0.0.1:{process_port}"),
+            ),
+            (
+                "FEEDSTREAM_SINK_METRICS_LISTEN",
+                format!("127.0.0.1:{sink_port}"),
+            ),
+            ("RUST_LOG", "warn".to_string()),
+        ];
+        let mut components = vec![("bench".to_string(), Component::Pid(std::process::id()))];
+        if let Some(pid) = args.broker_pid {
+            components.push(("broker".to_string(), Component::Pid(pid)));
+        }
+        components.push(("postgres".to_string(), Component::Named("postgres")));
+        components.push(("redis".to_string(), Component::Named("redis-server")));
+        let last_cpu = system::cpu_snapshot(&components);
+        Ok(Self {
+            feedstream: Feedstream {
+                binary,
+                env,
+                logs: work.to_path_buf(),
+            },
+            http: reqwest::Client::new(),
+            api_url: String::new(),
+            process_url: format!("http://127.0.0.1:{process_port}"),
+            sink_url: format!("http://127.0.0.1:{sink_port}"),
+            redis_url: args.redis_url.clone(),
+            redis_prefix: redis_prefix.to_string(),
+            connections: args.connections,
+            state_dir,
+            components,
+            cpu: Vec::new(),
+            last_cpu,
+            phase_started: Instant::now(),
+            accepted: 0,
+        })
+    }
+
+    /// Closes a phase: the CPU each process used since the last one.
+    fn phase_done(&mut self, phase: &'static str) {
+        let now = system::cpu_snapshot(&self.components);
+        self.cpu.push(PhaseCpu {
+            phase,
+            wall_seconds: self.phase_started.elapsed().as_secs_f64(),
+            cpu_seconds: now.since(&self.last_cpu),
+        });
+        self.last_cpu = now;
+        self.phase_started = Instant::now();
+    }
+
+    fn watch(&mut self, name: &str, child: &Child) {
+        if let Some(pid) = child.id() {
+            self.components.retain(|(known, _)| known != name);
+            self.components
+                .push((name.to_string(), Component::Pid(pid)));
+        }
+    }
+
+    async fn scrape(&self, url: &str) -> anyhow::Result<Scrape> {
+        Scrape::of(&self.http, url).await
+    }
+
+    /// Waits until the processor has processed every accepted event and the sink has
+    /// made durable every feed change the processor produced.
+    async fn await_drained(&self) -> anyhow::Result<()> {
+        let accepted = self.accepted as f64;
+        system::wait_until(DRAIN_DEADLINE, "the pipeline to drain", || async {
+            let processor = self.scrape(&self.process_url).await?;
+            let sink = self.scrape(&self.sink_url).await?;
+            Ok(processor.sum("processor_records_total", "") >= accepted
+                && sink.sum("sink_feed_changes_applied_total", "sink=\"postgres\"")
+                    >= processor.sum("processor_feed_changes_total", ""))
+        })
+        .await
+    }
+
+    async fn drive(&mut self, args: &Args, ceilings: Ceilings) -> anyhow::Result<Report> {
+        let mut rng = fastrand::Rng::with_seed(args.seed);
+        say(&format!(
+            "generating the graph: {} users, {} follows",
+            args.users, args.follows
+        ));
+        let graph = Arc::new(Graph::generate(args.users, args.follows, &mut rng));
+
+        say("starting feedstream: topics, migrations, api, process, sink");
+        let partitions = args.partitions.to_string();
+        self.feedstream
+            .run(&["topics", "create", "--partitions", &partitions])
+            .await?;
+        self.feedstream.run(&["migrate"]).await?;
+        let (api, base) = self.feedstream.spawn_api().await?;
+        let mut processor = self.feedstream.spawn(&["process"], "process.log")?;
+        let sink = self.feedstream.spawn(&["sink"], "sink.log")?;
+        self.watch("api", &api);
+        self.watch("process", &processor);
+        self.watch("sink", &sink);
+        let target = Target::new(&base, args.connections)?;
+        self.api_url = base;
+        let processor_pid = processor.id().context("the processor exited")?;
+        self.await_tasks(args.partitions).await?;
+        self.phase_done("start");
+
+        say(&format!("phase: {} follows over HTTP", graph.edges.len()));
+        let edges = graph.clone();
+        let follows = closed_loop(&target, args.connections, move |i| {
+            edges.edges.get(i).map(|(follower, followee)| Op::Follow {
+                follower: *follower,
+                followee: *followee,
+            })
+        })
+        .await;
+        self.accepted += follows.successes();
+        self.await_drained().await?;
+        self.phase_done("follows");
+
+        say("phase: one post per user, so that every feed has an entry");
+        let users = args.users;
+        let seed_posts = closed_loop(&target, args.connections, move |i| {
+            (i < users as usize).then_some(Op::Post {
+                author: i as u64 + 1,
+            })
+        })
+        .await;
+        self.accepted += seed_posts.successes();
+        self.await_drained().await?;
+        self.phase_done("seed posts");
+
+        say("phase: cache misses (every user's feed once, after emptying Redis)");
+        let reads_miss = self.reads_miss(args, &target, &ceilings).await?;
+        self.phase_done("reads: misses");
+
+        say(&format!(
+            "phase: {} posts at maximum load, with follow churn",
+            args.posts
+        ));
+        let ops = Arc::new(graph.post_phase(args.posts, args.churn, &mut rng));
+        let max_load_posts = ops
+            .iter()
+            .filter(|op| matches!(op, Op::Post { .. }))
+            .count() as u64;
+        // Probes watch follows that stay: none the churn unfollows.
+        let unfollowed: std::collections::HashSet<(u64, u64)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Unfollow { follower, followee } => Some((*followee, *follower)),
+                _ => None,
+            })
+            .collect();
+        let mut probes = graph.probe_pairs(args.celebrity_threshold);
+        probes.retain(|pair| !unfollowed.contains(pair));
+        rng.shuffle(&mut probes);
+        let (posts, materialization) = self.max_load(&target, ops, &ceilings).await?;
+        self.phase_done("posts: maximum load");
+
+        let rate = materialization.end_to_end_posts_per_second / 2.0;
+        say(&format!(
+            "phase: post → visible, at half the sustained rate ({rate:.0} posts/s)"
+        ));
+        let visibility = self
+            .visibility(args, &target, &graph, &probes, rate)
+            .await?;
+        self.phase_done("posts: half load");
+
+        say(&format!("phase: cache hits for {} s", args.read_seconds));
+        let reads_hit = self.reads_hit(args, &target, &ceilings).await?;
+        self.phase_done("reads: hits");
+
+        let processor_metrics = self.scrape(&self.process_url).await?;
+        let feed_entries = processor_metrics.sum("fanout_entries_total", "");
+        let cpu_seconds = system::cpu_seconds(processor_pid).unwrap_or(0.0);
+        let processor_cost = ProcessorCost {
+            feed_entries,
+            feed_changes: processor_metrics.sum("processor_feed_changes_total", ""),
+            input_records: processor_metrics.sum("processor_records_total", ""),
+            cpu_seconds,
+            entries_per_cpu_second: feed_entries / cpu_seconds.max(1e-9),
+            peak_rss_mb: system::peak_rss_bytes(processor_pid).unwrap_or(0) as f64 / 1e6,
+        };
+
+        say("phase: state restore (the processor stops, its state is wiped, it restarts)");
+        let restore = self
+            .restore(args, &mut processor, &ceilings)
+            .await
+            .context("restoring the processor's state")?;
+        self.phase_done("restore");
+
+        let mut counts: Vec<usize> = (1..=graph.users)
+            .map(|user| graph.follower_count(user))
+            .collect();
+        counts.sort_unstable();
+        Ok(Report {
+            generated_at: chrono::Utc::now().to_rfc3339(),
+            machine: system::machine(),
+            workload: Workload {
+                users: args.users,
+                follows: graph.edges.len(),
+                posts: seed_posts.successes()
+                    + max_load_posts
+                    + visibility.posts.succeeded
+                    + visibility.probes,
+                celebrity_threshold: args.celebrity_threshold,
+                celebrities: graph.celebrities(args.celebrity_threshold).len(),
+                largest_follower_count: counts.last().copied().unwrap_or(0),
+                median_follower_count: counts.get(counts.len() / 2).copied().unwrap_or(0),
+                connections: args.connections,
+                partitions: args.partitions,
+                seed: args.seed,
+            },
+            ceilings,
+            follows: Phase::from(&follows),
+            seed_posts: Phase::from(&seed_posts),
+            posts,
+            materialization,
+            visibility,
+            reads_miss,
+            reads_hit,
+            restore,
+            processor: processor_cost,
+            cpu: std::mem::take(&mut self.cpu),
+            targets: Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,589 @@
+//! The bench result: one JSON document and a Markdown report with SVG plots.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::ceilings::{BrokerCeiling, RedisCeiling};
+use crate::load::{Latency, Recorder, Window};
+use crate::plot::{line_chart, Series};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub generated_at: String,
+    pub machine: BTreeMap<&'static str, String>,
+    pub workload: Workload,
+    pub ceilings: Ceilings,
+    pub follows: Phase,
+    pub seed_posts: Phase,
+    pub posts: Phase,
+    pub materialization: Materialization,
+    pub visibility: Visibility,
+    pub reads_miss: Reads,
+    pub reads_hit: Reads,
+    pub restore: Restore,
+    pub processor: ProcessorCost,
+    /// CPU seconds each process used in each phase: where the time goes.
+    pub cpu: Vec<PhaseCpu>,
+    pub targets: Vec<TargetCheck>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Workload {
+    pub users: u64,
+    pub follows: usize,
+    pub posts: u64,
+    pub celebrity_threshold: u64,
+    pub celebrities: usize,
+    pub largest_follower_count: usize,
+    pub median_follower_count: usize,
+    pub connections: usize,
+    pub partitions: i32,
+    pub seed: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ceilings {
+    pub broker: BrokerCeiling,
+    pub redis: RedisCeiling,
+}
+
+/// Requests of one phase through the HTTP API.
+#[derive(Debug, Serialize)]
+pub struct Phase {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub statuses: BTreeMap<u16, u64>,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub latency: Latency,
+    pub timeline: Vec<Window>,
+}
+
+impl From<&Recorder> for Phase {
+    fn from(recorder: &Recorder) -> Self {
+        Phase {
+            succeeded: recorder.successes(),
+            failed: recorder.failures(),
+            statuses: recorder.statuses.clone(),
+            seconds: recorder.elapsed.as_secs_f64(),
+            per_second: recorder.throughput(),
+            latency: recorder.summary(),
+            timeline: recorder.timeline(),
+        }
+    }
+}
+
+/// Feed changes the sink made durable from the first post of the max-load phase until
+/// it had applied everything the processor produced.
+#[derive(Debug, Serialize)]
+pub struct Materialization {
+    pub postgres_changes: f64,
+    pub redis_changes: f64,
+    pub seconds: f64,
+    pub postgres_per_second: f64,
+    pub redis_per_second: f64,
+    pub ratio_to_produce_ceiling: f64,
+    /// Posts per second from the first POST until every feed holds every post: the
+    /// largest rate the whole pipeline sustains.
+    pub end_to_end_posts_per_second: f64,
+    pub timeline: Vec<RatePoint>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RatePoint {
+    pub second: f64,
+    pub postgres_per_second: f64,
+    pub redis_per_second: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Visibility {
+    pub target_posts_per_second: f64,
+    pub posts: Phase,
+    pub probes: u64,
+    pub lost_probes: u64,
+    pub latency: Latency,
+    pub timeline: Vec<Window>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Reads {
+    pub requests: Phase,
+    /// What the API's own counters say these reads were.
+    pub cache_hits: f64,
+    pub cache_misses: f64,
+    pub ratio_to_redis_ceiling: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Restore {
+    pub records: f64,
+    /// Sum over stores and tasks of the time spent restoring.
+    pub seconds: f64,
+    pub per_second: f64,
+    pub ratio_to_consume_ceiling: f64,
+    /// From the start of the wiped processor until it ran every task again.
+    pub seconds_until_running: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessorCost {
+    pub feed_entries: f64,
+    pub feed_changes: f64,
+    pub input_records: f64,
+    pub cpu_seconds: f64,
+    pub entries_per_cpu_second: f64,
+    pub peak_rss_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PhaseCpu {
+    pub phase: &'static str,
+    pub wall_seconds: f64,
+    pub cpu_seconds: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TargetCheck {
+    pub what: &'static str,
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+impl Report {
+    /// The targets of the issue that asked for this harness, against this run.
+    pub fn check_targets(&mut self) {
+        let produce = self.ceilings.broker.produce_per_second;
+        let consume = self.ceilings.broker.consume_per_second;
+        let checks = [
+            (
+                "POST /posts throughput",
+                "≥ 20,000/s".to_string(),
+                self.posts.per_second,
+                self.posts.per_second >= 20_000.0,
+                "/s",
+            ),
+            (
+                "POST /posts p99",
+                "< 25 ms".to_string(),
+                self.posts.latency.p99_ms,
+                self.posts.latency.p99_ms < 25.0,
+                " ms",
+            ),
+            (
+                "feed changes materialized (PostgreSQL)",
+                format!("≥ 0.6 × produce ceiling = {:.0}/s", 0.6 * produce),
+                self.materialization.postgres_per_second,
+                self.materialization.ratio_to_produce_ceiling >= 0.6,
+                "/s",
+            ),
+            (
+                "post → visible p99 at half load",
+                "< 250 ms".to_string(),
+                self.visibility.latency.p99_ms,
+                self.visibility.latency.p99_ms < 250.0 && self.visibility.lost_probes == 0,
+                " ms",
+            ),
+            (
+                "GET /feeds cache hits",
+                "≥ 30,000/s".to_string(),
+                self.reads_hit.requests.per_second,
+                self.reads_hit.requests.per_second >= 30_000.0,
+                "/s",
+            ),
+            (
+                "GET /feeds cache hits p99",
+                "< 10 ms".to_string(),
+                self.reads_hit.requests.latency.p99_ms,
+                self.reads_hit.requests.latency.p99_ms < 10.0,
+                " ms",
+            ),
+            (
+                "state restore",
+                format!("≥ 0.8 × consume ceiling = {:.0}/s", 0.8 * consume),
+                self.restore.per_second,
+                self.restore.ratio_to_consume_ceiling >= 0.8,
+                "/s",
+            ),
+            (
+                "feed entries per CPU-second of `process`",
+                "≥ 400,000".to_string(),
+                self.processor.entries_per_cpu_second,
+                self.processor.entries_per_cpu_second >= 400_000.0,
+                "",
+            ),
+            (
+                "peak RSS of `process`",
+                "≤ 100 MB".to_string(),
+                self.processor.peak_rss_mb,
+                self.processor.peak_rss_mb <= 100.0,
+                " MB",
+            ),
+        ];
+        self.targets = checks
+            .into_iter()
+            .map(|(what, target, measured, met, unit)| TargetCheck {
+                what,
+                target,
+                measured: format!("{}{unit}", figure(measured)),
+                met,
+            })
+            .collect();
+    }
+
+    /// Writes `report.json`, `report.md` and the plots into `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(self)?)?;
+        for (file, svg) in self.plots() {
+            std::fs::write(dir.join(file), svg)?;
+        }
+        std::fs::write(dir.join("report.md"), self.markdown())?;
+        Ok(())
+    }
+
+    fn plots(&self) -> [(&'static str, String); 3] {
+        let latency = |timeline: &[Window], p99: bool| -> Vec<(f64, f64)> {
+            timeline
+                .iter()
+                .filter(|window| window.count > 0)
+                .map(|w| (w.second as f64, if p99 { w.p99_ms } else { w.p50_ms }))
+                .collect()
+        };
+        let posts_latency = line_chart(
+            "POST /posts latency at maximum load (per second)",
+            "seconds into the phase",
+            "milliseconds",
+            &[
+                Series {
+                    name: "p50",
+                    color: "#1f77b4",
+                    points: latency(&self.posts.timeline, false),
+                },
+                Series {
+                    name: "p99",
+                    color: "#d62728",
+                    points: latency(&self.posts.timeline, true),
+                },
+            ],
+        );
+        let throughput = line_chart(
+            "Throughput at maximum load",
+            "seconds into the phase",
+            "per second",
+            &[
+                Series {
+                    name: "posts accepted",
+                    color: "#1f77b4",
+                    points: self
+                        .posts
+                        .timeline
+                        .iter()
+                        .map(|w| (w.second as f64, w.count as f64))
+                        .collect(),
+                },
+                Series {
+                    name: "feed changes into PostgreSQL",
+                    color: "#2ca02c",
+                    points: self
+                        .materialization
+                        .timeline
+                        .iter()
+                        .map(|p| (p.second, p.postgres_per_second))
+                        .collect(),
+                },
+                Series {
+                    name: "feed changes into Redis",
+                    color: "#ff7f0e",
+                    points: self
+                        .materialization
+                        .timeline
+                        .iter()
+                        .map(|p| (p.second, p.redis_per_second))
+                        .collect(),
+                },
+            ],
+        );
+        let visibility = line_chart(
+            "Post → visible in a follower's feed, at half the sustained load (per second)",
+            "seconds into the phase",
+            "milliseconds",
+            &[
+                Series {
+                    name: "p50",
+                    color: "#1f77b4",
+                    points: latency(&self.visibility.timeline, false),
+                },
+                Series {
+                    name: "p99",
+                    color: "#d62728",
+                    points: latency(&self.visibility.timeline, true),
+                },
+            ],
+        );
+        [
+            ("posts-latency.svg", posts_latency),
+            ("throughput.svg", throughput),
+            ("visibility-latency.svg", visibility),
+        ]
+    }
+
+    fn markdown(&self) -> String {
+        let mut md = String::new();
+        let w = &self.workload;
+        let c = &self.ceilings;
+        let _ = writeln!(md, "# feedstream benchmark\n");
+        let _ = writeln!(
+            md,
+            "Generated by `feedstream-bench` at {}. Machine: {} cores ({}), {}, Linux {}. \
+             Everything runs on this machine: the tansu broker (sqlite engine), PostgreSQL, \
+             Redis, `feedstream api`, `process` and `sink`, and the load generator itself.\n",
+            self.generated_at,
+            self.machine.get("cores").map_or("?", String::as_str),
+            self.machine.get("cpu").map_or("?", String::as_str),
+            self.machine.get("memory").map_or("?", String::as_str),
+            self.machine.get("kernel").map_or("?", String::as_str),
+        );
+        let _ = writeln!(
+            md,
+            "Workload (seed {}): {} users, {} follows (power law: largest follower count {}, \
+             median {}; {} celebrities above the threshold of {}), {} posts, {} HTTP \
+             connections, {} partitions.\n",
+            w.seed,
+            w.users,
+            w.follows,
+            w.largest_follower_count,
+            w.median_follower_count,
+            w.celebrities,
+            w.celebrity_threshold,
+            w.posts,
+            w.connections,
+            w.partitions
+        );
+
+        let _ = writeln!(md, "## Targets\n");
+        let _ = writeln!(md, "| What | Target | Measured | Met |\n|---|---|---|---|");
+        for t in &self.targets {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                t.what,
+                t.target,
+                t.measured,
+                if t.met { "yes" } else { "**no**" }
+            );
+        }
+
+        let _ = writeln!(md, "\n## Ceilings of this machine\n");
+        let _ = writeln!(md, "| Ceiling | Rate |\n|---|---|");
+        let _ = writeln!(
+            md,
+            "| broker produce ({} feed-event-sized records, acks=all, idempotent) | {}/s |",
+            c.broker.records,
+            figure(c.broker.produce_per_second)
+        );
+        let _ = writeln!(
+            md,
+            "| broker consume (the same records, partition by partition) | {}/s |",
+            figure(c.broker.consume_per_second)
+        );
+        let _ = writeln!(
+            md,
+            "| Redis ZREVRANGEBYLEX of 20 ({} tasks over {} connections) | {}/s |",
+            c.redis.concurrency,
+            c.redis.connections,
+            figure(c.redis.per_second)
+        );
+
+        let _ = writeln!(md, "\n## Results\n");
+        let _ = writeln!(
+            md,
+            "| Measure | Rate | Ratio to ceiling | p50 | p99 | p99.9 | max |\n|---|---|---|---|---|---|---|"
+        );
+        let row = |md: &mut String, name: &str, phase: &Phase, ratio: Option<String>| {
+            let l = &phase.latency;
+            let _ = writeln!(
+                md,
+                "| {name} | {}/s | {} | {} ms | {} ms | {} ms | {} ms |",
+                figure(phase.per_second),
+                ratio.unwrap_or_else(|| "–".into()),
+                figure(l.p50_ms),
+                figure(l.p99_ms),
+                figure(l.p999_ms),
+                figure(l.max_ms)
+            );
+        };
+        row(&mut md, "POST /follows (graph load)", &self.follows, None);
+        row(
+            &mut md,
+            "POST /posts, maximum load",
+            &self.posts,
+            Some(format!(
+                "{:.2} × produce",
+                self.posts.per_second / c.broker.produce_per_second
+            )),
+        );
+        row(
+            &mut md,
+            "GET /feeds, cache hits",
+            &self.reads_hit.requests,
+            Some(format!(
+                "{:.2} × Redis",
+                self.reads_hit.ratio_to_redis_ceiling
+            )),
+        );
+        row(
+            &mut md,
+            "GET /feeds, cache misses",
+            &self.reads_miss.requests,
+            Some(format!(
+                "{:.2} × Redis",
+                self.reads_miss.ratio_to_redis_ceiling
+            )),
+        );
+        let m = &self.materialization;
+        let _ = writeln!(
+            md,
+            "| feed changes into PostgreSQL | {}/s | {:.2} × produce | | | | |",
+            figure(m.postgres_per_second),
+            m.ratio_to_produce_ceiling
+        );
+        let _ = writeln!(
+            md,
+            "| feed changes into Redis | {}/s | {:.2} × produce | | | | |",
+            figure(m.redis_per_second),
+            m.redis_per_second / c.broker.produce_per_second
+        );
+        let v = &self.visibility.latency;
+        let _ = writeln!(
+            md,
+            "| post → visible in a follower's feed, at {}/s | | | {} ms | {} ms | {} ms | {} ms |",
+            figure(self.visibility.target_posts_per_second),
+            figure(v.p50_ms),
+            figure(v.p99_ms),
+            figure(v.p999_ms),
+            figure(v.max_ms)
+        );
+        let r = &self.restore;
+        let _ = writeln!(
+            md,
+            "| state restore ({} changelog records) | {}/s | {:.2} × consume | | | | |",
+            figure(r.records),
+            figure(r.per_second),
+            r.ratio_to_consume_ceiling
+        );
+        let p = &self.processor;
+        let _ = writeln!(
+            md,
+            "\n**Processor cost**: {} feed entries ({} feed changes from {} input records) \
+             in {:.2} CPU-seconds of `process`: **{} entries per CPU-second**; peak RSS \
+             **{:.1} MB**.\n",
+            figure(p.feed_entries),
+            figure(p.feed_changes),
+            figure(p.input_records),
+            p.cpu_seconds,
+            figure(p.entries_per_cpu_second),
+            p.peak_rss_mb
+        );
+        let _ = writeln!(
+            md,
+            "The maximum-load phase took {:.1} s to accept {} posts and {:.1} s until every \
+             feed held them: {} posts/s end to end, so the visibility phase posts at half \
+             that, {}/s ({} probes, {} not seen within 30 s). Reads: {} hits and {} misses \
+             by the API's own counters in the hit phase; {} misses in the miss phase. \
+             The restarted processor ran every task again {:.1} s after it started.\n",
+            self.posts.seconds,
+            self.posts.succeeded,
+            m.seconds,
+            figure(m.end_to_end_posts_per_second),
+            figure(self.visibility.target_posts_per_second),
+            self.visibility.probes,
+            self.visibility.lost_probes,
+            self.reads_hit.cache_hits,
+            self.reads_hit.cache_misses,
+            self.reads_miss.cache_misses,
+            r.seconds_until_running
+        );
+
+        let _ = writeln!(md, "## Where the time goes\n");
+        let _ = writeln!(
+            md,
+            "CPU-seconds per process and phase, from /proc (2 cores = 2 CPU-seconds per \
+             second of wall time).\n"
+        );
+        let names: std::collections::BTreeSet<&String> = self
+            .cpu
+            .iter()
+            .flat_map(|phase| phase.cpu_seconds.keys())
+            .collect();
+        let _ = write!(md, "| Phase | Wall s |");
+        for name in &names {
+            let _ = write!(md, " {name} |");
+        }
+        let _ = write!(md, "\n|---|---|");
+        for _ in &names {
+            let _ = write!(md, "---|");
+        }
+        let _ = writeln!(md);
+        for phase in &self.cpu {
+            let _ = write!(md, "| {} | {:.1} |", phase.phase, phase.wall_seconds);
+            for name in &names {
+                let _ = write!(
+                    md,
+                    " {:.1} |",
+                    phase.cpu_seconds.get(*name).copied().unwrap_or(0.0)
+                );
+            }
+            let _ = writeln!(md);
+        }
+
+        let _ = writeln!(md, "\n## Plots\n");
+        let _ = writeln!(md, "![POST latency](posts-latency.svg)\n");
+        let _ = writeln!(md, "![Throughput](throughput.svg)\n");
+        let _ = writeln!(md, "![Visibility latency](visibility-latency.svg)");
+        md
+    }
+}
+
+/// A figure with thousands separators (integers) or two decimals (small numbers).
+pub fn figure(value: f64) -> String {
+    if !value.is_finite() {
+        return "–".into();
+    }
+    if value.abs() < 100.0 && value.fract() != 0.0 {
+        return format!("{value:.2}");
+    }
+    let rounded = value.round() as i64;
+    let digits = rounded.unsigned_abs().to_string();
+    let mut grouped = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    if rounded < 0 {
+        format!("-{grouped}")
+    } else {
+        grouped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_are_grouped_or_rounded() {
+        assert_eq!(figure(1234567.4), "1,234,567");
+        assert_eq!(figure(999.0), "999");
+        assert_eq!(figure(12.345), "12.35");
+        assert_eq!(figure(-4500.0), "-4,500");
+        assert_eq!(figure(f64::NAN), "–");
+    }
+}

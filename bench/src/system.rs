@@ -1,0 +1,307 @@
+//! The system under test: `feedstream api`, `process` and `sink` as child processes of
+//! the bench, their `/metrics`, and what /proc says of every process's CPU time and
+//! memory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How to run `feedstream`: the binary and the environment every command shares.
+pub struct Feedstream {
+    pub binary: PathBuf,
+    pub env: Vec<(&'static str, String)>,
+    /// Where child processes write their logs.
+    pub logs: PathBuf,
+}
+
+impl Feedstream {
+    fn command(&self, args: &[&str], log: &str) -> anyhow::Result<Command> {
+        let mut command = Command::new(&self.binary);
+        command
+            .args(args)
+            .envs(self.env.iter().map(|(key, value)| (*key, value)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.logs.join(log))?)
+            .kill_on_drop(true);
+        Ok(command)
+    }
+
+    /// Runs a one-off command (topics create, migrate) to success.
+    pub async fn run(&self, args: &[&str]) -> anyhow::Result<()> {
+        let log = format!("{}.log", args.join("-"));
+        let status = self.command(args, &log)?.status().await?;
+        if !status.success() {
+            bail!(
+                "`feedstream {}` failed; see {}",
+                args.join(" "),
+                self.logs.join(log).display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts a long-running command.
+    pub fn spawn(&self, args: &[&str], log: &str) -> anyhow::Result<Child> {
+        Ok(self.command(args, log)?.spawn()?)
+    }
+
+    /// Starts `feedstream api` on a free port; returns it with its base URL.
+    pub async fn spawn_api(&self) -> anyhow::Result<(Child, String)> {
+        let mut child = self
+            .command(&["api", "--listen", "127.0.0.1:0"], "api.log")?
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("api stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.strip_prefix("feedstream API listening on ") {
+                    return Ok(url.trim().to_string());
+                }
+            }
+            bail!("the api exited before listening; see its log")
+        })
+        .await
+        .context("the api did not listen within 60 s")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok((child, url))
+    }
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Asks a child to stop (SIGTERM) and waits for it.
+pub async fn terminate(child: &mut Child, within: Duration) -> anyhow::Result<()> {
+    let pid = child.id().context("the child already exited")?;
+    // SAFETY: kill(2) with a pid we own and a valid signal has no memory effects.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
+        bail!("could not signal process {pid}");
+    }
+    tokio::time::timeout(within, child.wait())
+        .await
+        .context("the child did not stop in time")??;
+    Ok(())
+}
+
+/// One scrape of a `/metrics` page: every sample by its series (name and labels).
+#[derive(Debug, Default, Clone)]
+pub struct Scrape(BTreeMap<String, f64>);
+
+impl Scrape {
+    /// Scrapes `{base}/metrics`.
+    pub async fn of(http: &reqwest::Client, base: &str) -> anyhow::Result<Scrape> {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(Scrape::parse(&text))
+    }
+
+    pub fn parse(text: &str) -> Scrape {
+        Scrape(
+            text.lines()
+                .filter(|line| !line.starts_with('#'))
+                .filter_map(|line| {
+                    let (series, value) = line.rsplit_once(' ')?;
+                    Some((series.to_string(), value.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// The sum of every series of metric `name` whose labels contain `label` (e.g.
+    /// `sink="postgres"`; empty: all).
+    pub fn sum(&self, name: &str, label: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(series, _)| {
+                let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+                metric == name && labels.contains(label)
+            })
+            .map(|(_, value)| value)
+            .sum()
+    }
+}
+
+/// Polls `check` every 100 ms until it is true; fails after `deadline`.
+pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let until = Instant::now() + deadline;
+    while !check().await? {
+        if Instant::now() > until {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// A process (or group of processes) whose CPU time the report accounts for.
+#[derive(Debug, Clone)]
+pub enum Component {
+    Pid(u32),
+    /// Every process with this command name (PostgreSQL's backends, say).
+    Named(&'static str),
+}
+
+/// CPU seconds each component had used at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct CpuSnapshot(pub BTreeMap<String, f64>);
+
+pub fn cpu_snapshot(components: &[(String, Component)]) -> CpuSnapshot {
+    let seconds = |pid: u32| cpu_seconds(pid).unwrap_or(0.0);
+    CpuSnapshot(
+        components
+            .iter()
+            .map(|(name, component)| {
+                let used = match component {
+                    Component::Pid(pid) => seconds(*pid),
+                    Component::Named(comm) => pids_named(comm).into_iter().map(seconds).sum(),
+                };
+                (name.clone(), used)
+            })
+            .collect(),
+    )
+}
+
+impl CpuSnapshot {
+    /// CPU seconds of each component between `earlier` and this snapshot.
+    pub fn since(&self, earlier: &CpuSnapshot) -> BTreeMap<String, f64> {
+        self.0
+            .iter()
+            .map(|(name, now)| {
+                let before = earlier.0.get(name).copied().unwrap_or(0.0);
+                (name.clone(), (now - before).max(0.0))
+            })
+            .collect()
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU time (user and system) a process has used.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    Some(cpu_ticks(pid)? as f64 / clock_ticks_per_second())
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The peak resident set size of a process (VmHWM), in bytes.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+pub fn pids_named(comm: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|name| name.trim() == comm)
+        })
+        .collect()
+}
+
+/// The machine, for the report.
+pub fn machine() -> BTreeMap<&'static str, String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    BTreeMap::from([
+        ("cpu", model),
+        ("cores", cores.to_string()),
+        ("memory", memory),
+        ("kernel", kernel.trim().to_string()),
+    ])
+}
+
+pub fn remove_dir(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(error).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scrape_sums_series_by_name_and_label() {
+        let scrape = Scrape::parse(
+            "# TYPE sink_feed_changes_applied counter\n\
+             sink_feed_changes_applied_total{sink=\"postgres\"} 10\n\
+             sink_feed_changes_applied_total{sink=\"redis\"} 7\n\
+             sink_feed_changes_applied_total_other 99\n\
+             processor_active_tasks 6\n",
+        );
+        assert_eq!(scrape.sum("sink_feed_changes_applied_total", ""), 17.0);
+        assert_eq!(
+            scrape.sum("sink_feed_changes_applied_total", "sink=\"redis\""),
+            7.0
+        );
+        assert_eq!(scrape.sum("processor_active_tasks", ""), 6.0);
+        assert_eq!(scrape.sum("missing", ""), 0.0);
+    }
+
+    #[test]
+    fn this_process_has_cpu_time_and_a_peak_rss() {
+        let pid = std::process::id();
+        let busy = (0..2_000_000u64).fold(0u64, |acc, n| acc.wrapping_mul(31).wrapping_add(n));
+        assert_ne!(busy, 1);
+        assert!(cpu_ticks(pid).is_some());
+        assert!(peak_rss_bytes(pid).is_some_and(|bytes| bytes > 0));
+        assert!(cpu_ticks(u32::MAX).is_none());
+    }
+}
