@@ -15,7 +15,7 @@ ensure_postgres
 ensure_redis
 ensure_tansu
 
-say "building feedstream and feedstream-bench (release; the first build compiles RocksDB and librdkafka: about 15 minutes)"
+say "building feedstream and feedstream-bench (release; the first build compiles RocksDB and librdkafka: about 20 minutes)"
 cargo build --release --workspace --locked --bins
 
 RUN_DIR="$(mktemp -d -t feedstream-bench.XXXXXX)"

@@ -5,7 +5,7 @@ FEEDSTREAM_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Every script builds the whole workspace in the release profile, so that one build of
 # RocksDB and librdkafka (whose features depend on which packages are built) serves all.
 # One persistent target directory, reused by every clone and by CI: RocksDB and
-# librdkafka are compiled from source and a cold build takes about 15 minutes.
+# librdkafka are compiled from source and a cold build takes about 20 minutes.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/feedstream/target}"
 TANSU_VERSION="0.6.0"
 
@@ -83,7 +83,7 @@ ensure_redis() {
 ensure_tansu() {
   TANSU="$(command -v tansu || echo "$HOME/.cargo/bin/tansu")"
   if [ ! -x "$TANSU" ] || ! "$TANSU" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-    say "installing the tansu $TANSU_VERSION Kafka broker from crates.io (about 9 minutes, once)"
+    say "installing the tansu $TANSU_VERSION Kafka broker from crates.io (about 12 minutes, once)"
     cargo install tansu --version "=$TANSU_VERSION" --locked --features libsql --root "$HOME/.cargo" >&2 ||
       die "could not install tansu"
     TANSU="$HOME/.cargo/bin/tansu"

@@ -23,7 +23,7 @@ else
   trap 'say "stopping the tansu broker"; kill "$TANSU_PID" 2>/dev/null || true' EXIT
 fi
 
-say "building feedstream (first build compiles RocksDB and librdkafka: about 15 minutes)"
+say "building feedstream (the first build compiles RocksDB and librdkafka: about 20 minutes)"
 cargo build --release --workspace --locked --bins
 BIN="$CARGO_TARGET_DIR/release/feedstream"
 

@@ -111,6 +111,21 @@ impl Recorder {
         self.windows[second].saturating_record(micros);
     }
 
+    /// Sends `op` and records its answer, and its latency if it succeeded.
+    async fn send(&mut self, target: &Target, op: Op, index: usize) {
+        let sent = Instant::now();
+        match target.send(op, index).await {
+            Ok(answer) => {
+                self.answered(answer.status);
+                if (200..300).contains(&answer.status) {
+                    let ended = Instant::now();
+                    self.record(ended, ended - sent);
+                }
+            }
+            Err(_) => self.transport_errors += 1,
+        }
+    }
+
     pub fn answered(&mut self, status: u16) {
         *self.statuses.entry(status).or_default() += 1;
     }
@@ -219,17 +234,7 @@ where
                 loop {
                     let index = counter.fetch_add(1, Ordering::Relaxed);
                     let Some(op) = next(index) else { break };
-                    let sent = Instant::now();
-                    match target.send(op, index).await {
-                        Ok(answer) => {
-                            recorder.answered(answer.status);
-                            if (200..300).contains(&answer.status) {
-                                let ended = Instant::now();
-                                recorder.record(ended, ended - sent);
-                            }
-                        }
-                        Err(_) => recorder.transport_errors += 1,
-                    }
+                    recorder.send(&target, op, index).await;
                 }
                 recorder
             })
@@ -303,17 +308,7 @@ pub async fn paced(
         };
         tokio::spawn(async move {
             let mut recorder = Recorder::new(started);
-            let sent = Instant::now();
-            match target.send(op, index).await {
-                Ok(answer) => {
-                    recorder.answered(answer.status);
-                    if (200..300).contains(&answer.status) {
-                        let ended = Instant::now();
-                        recorder.record(ended, ended - sent);
-                    }
-                }
-                Err(_) => recorder.transport_errors += 1,
-            }
+            recorder.send(&target, op, index).await;
             drop(permit);
             let _ = sent_tx.send(recorder);
         });

@@ -43,7 +43,7 @@ impl SinkMetrics {
         );
         registry.register(
             "sink_feed_changes_applied",
-            "Feed changes made durable, by store (postgres, redis)",
+            "Feed changes written, by store: postgres, and redis (the cache applies those of the feeds it holds)",
             metrics.feed_changes_applied.clone(),
         );
         registry.register(

@@ -101,7 +101,7 @@ struct Task {
 }
 
 /// Longest time between checkpoints of a task that keeps changing. A checkpoint syncs
-/// the stores' WAL and writes a file (two fsyncs each); between checkpoints the stores
+/// each store's WAL and writes a file (three fsyncs); between checkpoints the stores
 /// run ahead of the file, and a crash only makes the restore replay the changelog from
 /// the older position (its records are idempotent puts and deletes).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
