@@ -534,7 +534,7 @@ async fn prepare_api(
         .with_context(|| format!("could not listen on {}", args.listen))?;
     let address = listener.local_addr().unwrap_or(args.listen);
     tracing::info!(%address, "API listening");
-    println!("feedstream API listening on http://{address}");
+    println!("{}http://{address}", feedstream_api::LISTENING_ON);
     println!("  try: curl -s -X POST http://{address}/posts -H 'X-User-Id: 1' -d '{{\"content\":\"hello\"}}'");
     println!("       curl -s http://{address}/feeds/1");
     Ok(PreparedApi {

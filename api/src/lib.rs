@@ -6,6 +6,11 @@ mod health;
 mod metrics;
 mod routes;
 
+/// What `api` and `run` print on stdout once they listen, followed by the base URL:
+/// launchers (the test harness, the benchmark) wait for this line, which also tells
+/// them the port when `--listen` asked for port 0.
+pub const LISTENING_ON: &str = "feedstream API listening on ";
+
 pub use error::ApiError;
 pub use metrics::ApiMetrics;
 pub use routes::{metrics_text, routes, serve, ApiState};

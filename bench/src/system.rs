@@ -61,7 +61,7 @@ impl Feedstream {
         let mut lines = BufReader::new(stdout).lines();
         let url = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix("feedstream API listening on ") {
+                if let Some(url) = line.strip_prefix(feedstream_api::LISTENING_ON) {
                     return Ok(url.trim().to_string());
                 }
             }
@@ -83,10 +83,11 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// Asks a child to stop (SIGTERM) and waits for it.
 pub async fn terminate(child: &mut Child, within: Duration) -> anyhow::Result<()> {
     let pid = child.id().context("the child already exited")?;
-    // SAFETY: kill(2) with a pid we own and a valid signal has no memory effects.
-    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
-        bail!("could not signal process {pid}");
-    }
+    let signalled = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await?;
+    anyhow::ensure!(signalled.success(), "kill -TERM {pid} failed");
     tokio::time::timeout(within, child.wait())
         .await
         .context("the child did not stop in time")??;

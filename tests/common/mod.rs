@@ -164,7 +164,7 @@ impl Deployment {
         let mut lines = BufReader::new(stdout).lines();
         let url = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix("feedstream API listening on ") {
+                if let Some(url) = line.strip_prefix(feedstream_api::LISTENING_ON) {
                     return Ok(url.trim().to_string());
                 }
             }
