@@ -7,7 +7,6 @@ FEEDSTREAM_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # One persistent target directory, reused by every clone and by CI: RocksDB and
 # librdkafka are compiled from source and a cold build takes about 20 minutes.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/feedstream/target}"
-TANSU_VERSION="0.6.0"
 
 say() { printf '\033[1m[feedstream]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31m[feedstream] error:\033[0m %s\n' "$*" >&2; exit 1; }
@@ -37,7 +36,10 @@ ensure_toolchain() {
   local missing=()
   command -v cc >/dev/null || missing+=(build-essential)
   command -v cmake >/dev/null || missing+=(cmake)
-  [ -n "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null)" ] || missing+=(libclang-dev)
+  # bindgen loads libclang.so or libclang-<N>.so; libclang-cpp*.so (which clang itself
+  # brings) is a different library and does not do.
+  [ -n "$(ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-[0-9]*.so* 2>/dev/null)" ] ||
+    missing+=(libclang-dev)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   command -v curl >/dev/null || missing+=(curl)
   if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
@@ -79,44 +81,77 @@ ensure_redis() {
   fi
 }
 
-# The Kafka-protocol broker used for development and tests. Sets TANSU.
-ensure_tansu() {
-  TANSU="$(command -v tansu || echo "$HOME/.cargo/bin/tansu")"
-  if [ ! -x "$TANSU" ] || ! "$TANSU" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-    say "installing the tansu $TANSU_VERSION Kafka broker from crates.io (about 12 minutes, once)"
-    cargo install tansu --version "=$TANSU_VERSION" --locked --features libsql --root "$HOME/.cargo" >&2 ||
-      die "could not install tansu"
-    TANSU="$HOME/.cargo/bin/tansu"
+# The Apache Kafka broker's jars, from Maven Central through deploy/kafka/pom.xml, once
+# into ~/.cache/feedstream/kafka-<version>/; Java 17+ and Maven from Debian if missing.
+# Sets KAFKA_VERSION and KAFKA_LIBS.
+ensure_kafka() {
+  KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$FEEDSTREAM_ROOT/deploy/kafka/pom.xml")"
+  [ -n "$KAFKA_VERSION" ] || die "deploy/kafka/pom.xml names no kafka.version"
+  local java_major=0
+  if command -v java >/dev/null; then
+    java_major="$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = \([0-9]*\).*/\1/p')"
   fi
-  export TANSU
+  if [ "${java_major:-0}" -lt 17 ]; then apt_install openjdk-17-jre-headless; fi
+  command -v mvn >/dev/null || apt_install maven
+  command -v python3 >/dev/null || apt_install python3
+  KAFKA_LIBS="${FEEDSTREAM_KAFKA_CACHE:-$HOME/.cache/feedstream/kafka-$KAFKA_VERSION}/libs"
+  if [ ! -f "$KAFKA_LIBS/.complete" ]; then
+    say "downloading Apache Kafka $KAFKA_VERSION (kafka_2.13 and its dependencies) from Maven Central into $KAFKA_LIBS (once)"
+    rm -rf "$KAFKA_LIBS"
+    (cd "$FEEDSTREAM_ROOT/deploy/kafka" && mvn -q -B dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS") >&2 ||
+      die "could not download the Kafka jars with Maven (deploy/kafka/pom.xml)"
+    touch "$KAFKA_LIBS/.complete"
+  fi
+  export KAFKA_VERSION KAFKA_LIBS
+}
+
+# start_kafka DIR NODES: starts a KRaft cluster of NODES nodes (1, or 3 for the fault
+# harness) with data and logs under DIR (see scripts/kafka.sh; DIR is formatted the
+# first time and kept), and waits until every node has started. Sets KAFKA_BROKERS
+# (the bootstrap list) and KAFKA_PIDS.
+start_kafka() {
+  local dir="$1" nodes="$2" id port started pid
+  "$FEEDSTREAM_ROOT/scripts/kafka.sh" format "$dir" "$nodes" || die "could not format Kafka in $dir"
+  KAFKA_BROKERS="" KAFKA_PIDS=""
+  while read -r id port _; do
+    "$FEEDSTREAM_ROOT/scripts/kafka.sh" run "$dir" "$id" &
+    KAFKA_PIDS="${KAFKA_PIDS:+$KAFKA_PIDS }$!"
+    KAFKA_BROKERS="${KAFKA_BROKERS:+$KAFKA_BROKERS,}127.0.0.1:$port"
+  done <"$dir/nodes"
+  export KAFKA_BROKERS KAFKA_PIDS
+  for _ in $(seq 600); do
+    started=0
+    while read -r id port _; do
+      if port_open "$port" && grep -q 'Transition from STARTING to STARTED' "$dir/node-$id/logs/server.log" 2>/dev/null; then
+        started=$((started + 1))
+      fi
+    done <"$dir/nodes"
+    [ "$started" -eq "$(wc -l <"$dir/nodes")" ] && return 0
+    for pid in $KAFKA_PIDS; do
+      kill -0 "$pid" 2>/dev/null ||
+        { tail -20 "$dir"/node-*/logs/console.log >&2; die "a Kafka node exited at start (logs: $dir/node-*/logs/)"; }
+    done
+    sleep 0.2
+  done
+  die "Kafka did not start within 120 s (logs: $dir/node-*/logs/)"
+}
+
+# stop_kafka: stops the nodes start_kafka started (SIGTERM: a controlled shutdown).
+stop_kafka() {
+  local pid
+  # shellcheck disable=SC2086
+  [ -n "${KAFKA_PIDS:-}" ] && kill $KAFKA_PIDS 2>/dev/null || true
+  for pid in ${KAFKA_PIDS:-}; do
+    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# start_tansu DB_FILE PORT LOG: runs a broker in the background and waits until it listens,
-# then adds the index its sqlite engine lacks (see scripts/tansu-index.py).
-start_tansu() {
-  local db="$1" port="$2" log="$3"
-  mkdir -p "$(dirname "$db")"
-  # tansu resolves a sqlite URL's path against its working directory.
-  (cd "$(dirname "$db")" && exec "$TANSU" broker --storage-engine "sqlite://$(basename "$db")" \
-    --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port") \
-    >"$log" 2>&1 &
-  TANSU_PID=$!
-  for _ in $(seq 150); do
-    if port_open "$port"; then
-      python3 "$FEEDSTREAM_ROOT/scripts/tansu-index.py" "$db" || die "could not index the tansu database $db"
-      return 0
-    fi
-    kill -0 "$TANSU_PID" 2>/dev/null || break
-    sleep 0.2
-  done
-  tail -20 "$log" >&2
-  die "the tansu broker did not start on 127.0.0.1:$port (log: $log)"
 }
 
 ensure_database() {

@@ -1,26 +1,29 @@
 #!/usr/bin/env bash
-# Starts the whole feedstream system on this machine: PostgreSQL, Redis and a tansu
-# Kafka broker (installed and started when missing), then topics, migrations and
-# `feedstream run` (API, processor and sink) in the foreground. Ctrl-C stops it.
+# Starts the whole feedstream system on this machine: PostgreSQL, Redis and a
+# single-node Apache Kafka broker (KRaft), each installed and started when missing
+# (Debian packages; the Kafka jars from Maven Central, once), then topics, migrations
+# and `feedstream run` (API, processor and sink) in the foreground. Ctrl-C stops it
+# and the broker it started.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$FEEDSTREAM_ROOT"
 
-PORT="${FEEDSTREAM_KAFKA_PORT:-9092}"
 DATA="$FEEDSTREAM_ROOT/.feedstream"
 mkdir -p "$DATA"
 
 ensure_toolchain
 ensure_postgres
 ensure_redis
-ensure_tansu
+ensure_kafka
 
-if port_open "$PORT"; then
-  say "a Kafka broker already listens on 127.0.0.1:$PORT; using it"
+if [ -n "${FEEDSTREAM_BROKERS:-}" ]; then
+  say "using the Kafka brokers at $FEEDSTREAM_BROKERS (FEEDSTREAM_BROKERS)"
 else
-  say "starting the tansu broker on 127.0.0.1:$PORT (data: $DATA/tansu.db, log: $DATA/tansu.log)"
-  start_tansu "$DATA/tansu.db" "$PORT" "$DATA/tansu.log"
-  trap 'say "stopping the tansu broker"; kill "$TANSU_PID" 2>/dev/null || true' EXIT
+  say "starting Apache Kafka $KAFKA_VERSION (data and logs: $DATA/kafka)"
+  start_kafka "$DATA/kafka" 1
+  trap 'say "stopping the Kafka broker"; stop_kafka' EXIT
+  export FEEDSTREAM_BROKERS="$KAFKA_BROKERS"
+  say "Kafka listens on $FEEDSTREAM_BROKERS"
 fi
 
 say "building feedstream (the first build compiles RocksDB and librdkafka: about 20 minutes)"
@@ -28,7 +31,6 @@ cargo build --release --workspace --locked --bins
 BIN="$CARGO_TARGET_DIR/release/feedstream"
 
 ensure_database feedstream
-export FEEDSTREAM_BROKERS="127.0.0.1:$PORT"
 export DATABASE_URL="${DATABASE_URL:-$PG_ADMIN_URL/feedstream}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 export FEEDSTREAM_STATE_DIR="${FEEDSTREAM_STATE_DIR:-$DATA/state}"
@@ -37,5 +39,5 @@ say "creating topics"
 "$BIN" topics create
 say "applying migrations"
 "$BIN" migrate
-say "starting api, processor and sink (Ctrl-C to stop)"
+say "starting api, processor and sink on http://127.0.0.1:8080 (Ctrl-C to stop)"
 "$BIN" run

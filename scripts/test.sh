@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against real engines: PostgreSQL, Redis and a fresh tansu
-# Kafka broker (each installed and started when missing; the broker is stopped after).
+# Runs the whole test suite against real engines: PostgreSQL, Redis and a fresh
+# single-node Apache Kafka broker (KRaft). Whatever is missing is installed (Debian build
+# tools, PostgreSQL, Redis, Java and Maven from Debian; the Kafka jars from Maven
+# Central, once) and what is stopped is started; the broker is stopped afterwards.
+# Tests that kill brokers start private ones (a 3-node cluster for the fault harness).
+# Arguments go to `cargo test`, e.g. `scripts/test.sh --test faults -- --nocapture`.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$FEEDSTREAM_ROOT"
@@ -8,7 +12,7 @@ cd "$FEEDSTREAM_ROOT"
 ensure_toolchain
 ensure_postgres
 ensure_redis
-ensure_tansu
+ensure_kafka
 
 # Each test makes its own database and Redis key prefix; clear what earlier runs left.
 stale="$(psql "$PG_ADMIN_URL/postgres" -Atqc "select datname from pg_database where datname like 'feedstream\_test\_%'")"
@@ -19,15 +23,15 @@ fi
 redis-cli --scan --pattern 'test-????????:*' | xargs -r -n 500 redis-cli del >/dev/null
 
 RUN_DIR="$(mktemp -d -t feedstream-test.XXXXXX)"
-PORT="$(free_port)"
-say "starting a fresh tansu broker on 127.0.0.1:$PORT (data and log in $RUN_DIR)"
-start_tansu "$RUN_DIR/tansu.db" "$PORT" "$RUN_DIR/tansu.log"
-trap 'kill "$TANSU_PID" 2>/dev/null || true; rm -rf "$RUN_DIR"' EXIT
+trap 'stop_kafka; rm -rf "$RUN_DIR"' EXIT
+say "starting a fresh Apache Kafka $KAFKA_VERSION broker (data and logs in $RUN_DIR/kafka)"
+start_kafka "$RUN_DIR/kafka" 1
+say "Kafka listens on $KAFKA_BROKERS"
 
-export FEEDSTREAM_TEST_BROKERS="127.0.0.1:$PORT"
+export FEEDSTREAM_TEST_BROKERS="$KAFKA_BROKERS"
 export FEEDSTREAM_TEST_PG_ADMIN_URL="$PG_ADMIN_URL"
 export FEEDSTREAM_TEST_REDIS_URL="redis://127.0.0.1:6379"
-export FEEDSTREAM_TEST_TANSU="$TANSU"
+export FEEDSTREAM_TEST_KAFKA_LIBS="$KAFKA_LIBS"
 
-say "running the test suite (unit, property, integration and end-to-end tests)"
+say "building and running the test suite (unit, property, integration and end-to-end tests)"
 cargo test --release --workspace --locked --no-fail-fast "$@"

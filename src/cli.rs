@@ -78,9 +78,9 @@ pub struct GlobalArgs {
         default_value = "feedstream"
     )]
     pub application_id: String,
-    /// Longest time the broker may hold a fetch that found too little data, in
-    /// milliseconds (librdkafka's fetch.wait.max.ms): how late a new record can reach an
-    /// idle consumer, against how many empty fetches an idle consumer sends.
+    /// Longest time the broker may hold a fetch that found no data, in milliseconds
+    /// (librdkafka's fetch.wait.max.ms). Kafka answers a held fetch as soon as a record
+    /// arrives, so this sets how many empty fetches an idle consumer sends, not latency.
     #[arg(
         long,
         global = true,
@@ -88,6 +88,23 @@ pub struct GlobalArgs {
         default_value_t = feedstream_topology::kafka::DEFAULT_FETCH_WAIT.as_millis() as u64
     )]
     pub fetch_wait_max_ms: u64,
+    /// A librdkafka property for every consumer, as `KEY=VALUE` (repeatable; the
+    /// variable takes a comma-separated list); it overrides feedstream's own setting of
+    /// that key. E.g. `max.partition.fetch.bytes=65536`, or security settings.
+    #[arg(
+        long = "consumer-property",
+        global = true,
+        env = "FEEDSTREAM_CONSUMER_PROPERTIES",
+        value_delimiter = ',',
+        value_parser = parse_property
+    )]
+    pub consumer_properties: Vec<(String, String)>,
+    /// Static membership in the processor's and the sink's consumer groups
+    /// (`group.instance.id`): give each instance its own id and keep it across restarts
+    /// (e.g. the pod or host name), and a restarted instance takes its tasks back at
+    /// once instead of after its predecessor's session timeout.
+    #[arg(long, global = true, env = "FEEDSTREAM_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
     /// librdkafka debug contexts to log (e.g. `cgrp,fetch`), for diagnosing Kafka clients.
     #[arg(long, global = true, env = "FEEDSTREAM_KAFKA_DEBUG")]
     pub kafka_debug: Option<String>,
@@ -256,9 +273,14 @@ pub enum TopicsCommand {
         /// Partitions of feed-events and dead-letter-events (defaults to --partitions).
         #[arg(long, env = "FEEDSTREAM_OUTPUT_PARTITIONS")]
         output_partitions: Option<i32>,
-        /// Replication factor of every topic.
+        /// Replication factor of every topic (at most the cluster's broker count).
         #[arg(long, env = "FEEDSTREAM_REPLICATION", default_value_t = 1)]
         replication: i32,
+        /// A topic config of the changelogs, `KEY=VALUE` (repeatable), over the
+        /// defaults `cleanup.policy=compact`, `segment.ms=3600000`; e.g.
+        /// `min.cleanable.dirty.ratio=0.1`.
+        #[arg(long = "changelog-config", value_parser = parse_property)]
+        changelog_configs: Vec<(String, String)>,
     },
 }
 
@@ -306,9 +328,11 @@ pub struct ProcessArgs {
     /// intake takes only records already fetched.
     #[arg(long, env = "FEEDSTREAM_PROCESS_BATCH_WAIT_MS", default_value_t = 50)]
     pub process_batch_wait_ms: u64,
-    /// How long a task waits for a lagging input before processing the other one
-    /// (Kafka Streams' max.task.idle.ms), in milliseconds.
-    #[arg(long, env = "FEEDSTREAM_MAX_TASK_IDLE_MS", default_value_t = 1000)]
+    /// How long a task whose other input is empty waits for records of it not yet
+    /// produced, in milliseconds (Kafka Streams' max.task.idle.ms, and its default 0).
+    /// An input the broker still holds records of is always waited for, whatever this
+    /// says, so that no record overtakes an older one of the other input.
+    #[arg(long, env = "FEEDSTREAM_MAX_TASK_IDLE_MS", default_value_t = 0)]
     pub max_task_idle_ms: u64,
     /// Serve /metrics on this address (the `run` command serves them on the API).
     #[arg(long, env = "FEEDSTREAM_PROCESS_METRICS_LISTEN")]
@@ -353,5 +377,15 @@ pub fn init_logging(global: &GlobalArgs) {
     match global.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `KEY=VALUE`, both non-empty.
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() && !value.is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
     }
 }

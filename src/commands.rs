@@ -65,8 +65,17 @@ async fn execute(
                     partitions,
                     output_partitions,
                     replication,
+                    changelog_configs,
                 },
-        } => create_topics(&global, &topics, partitions, output_partitions, replication).await,
+        } => {
+            let spec = TopicSpec {
+                partitions,
+                output_partitions: output_partitions.unwrap_or(partitions),
+                replication,
+                changelog_configs,
+            };
+            create_topics(&global, &topics, spec).await
+        }
         Command::Migrate => {
             let pool = feedstream_sinks::connect_postgres(&global.database_url)?;
             feedstream_sinks::migrate(&pool).await.context(
@@ -232,24 +241,19 @@ fn kafka(global: &GlobalArgs, delivery_timeout: Duration) -> KafkaSettings {
         delivery_timeout,
         debug: global.kafka_debug.clone(),
         fetch_wait: Duration::from_millis(global.fetch_wait_max_ms),
+        consumer_properties: global.consumer_properties.clone(),
+        group_instance_id: global.group_instance_id.clone(),
     }
 }
 
 async fn create_topics(
     global: &GlobalArgs,
     topics: &Topics,
-    partitions: i32,
-    output_partitions: Option<i32>,
-    replication: i32,
+    spec: TopicSpec,
 ) -> anyhow::Result<()> {
-    if partitions < 1 || replication < 1 {
-        bail!("--partitions and --replication must be at least 1");
+    if spec.partitions < 1 || spec.output_partitions < 1 || spec.replication < 1 {
+        bail!("--partitions, --output-partitions and --replication must be at least 1");
     }
-    let spec = TopicSpec {
-        partitions,
-        output_partitions: output_partitions.unwrap_or(partitions),
-        replication,
-    };
     let outcomes = topics::create_topics(&kafka(global, RUNTIME_DELIVERY_TIMEOUT), topics, spec)
         .await
         .with_context(|| format!("creating topics on the Kafka broker at {}", global.brokers))?;

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Deployment, Engines, PrivateBroker};
+use common::{Deployment, Engines, PrivateKafka};
 use reqwest::StatusCode;
 
 async fn error_of(response: reqwest::Response) -> anyhow::Result<(StatusCode, String)> {
@@ -205,17 +205,39 @@ async fn bad_input_gets_a_json_4xx() -> anyhow::Result<()> {
 async fn writes_answer_503_in_bounded_time_when_the_broker_is_gone() -> anyhow::Result<()> {
     let engines = Engines::from_env();
     // A private broker, so that stopping it leaves the other tests alone.
-    let mut broker = PrivateBroker::start(&engines).await?;
+    let mut broker = PrivateKafka::start(&engines, 1).await?;
     let deployment = Deployment::on_broker(&engines, &broker.address()).await?;
     deployment.create_topics(1).await?;
-    let (_api, base) = deployment
-        .spawn_api(&[
-            "--publish-timeout-ms",
-            "2000",
-            "--max-pending-publishes",
-            "1",
-        ])
-        .await?;
+    let log = deployment.dir.path().join("api.log");
+    let mut command = deployment.command(&[
+        "api",
+        "--listen",
+        "127.0.0.1:0",
+        "--publish-timeout-ms",
+        "2000",
+        "--max-pending-publishes",
+        "1",
+    ]);
+    command
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log)?);
+    let (_api, base) = deployment.serve(command).await?;
+    let log_lines = |text: &str| {
+        std::fs::read_to_string(&log)
+            .map(|log| log.lines().filter(|line| line.contains(text)).count())
+            .unwrap_or(0)
+    };
+    // librdkafka's own line for a failed connection attempt.
+    let attempt_lines = || {
+        std::fs::read_to_string(&log)
+            .map(|log| {
+                log.lines()
+                    .filter(|line| line.contains("Connection refused"))
+                    .filter(|line| !line.contains("Kafka broker unreachable"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
@@ -262,5 +284,33 @@ async fn writes_answer_503_in_bounded_time_when_the_broker_is_gone() -> anyhow::
     let health: serde_json::Value = health.json().await?;
     assert_eq!(health["kafka"]["status"], "down", "{health}");
     assert!(health["kafka"]["error"].as_str().is_some(), "{health}");
+
+    // The outage so far (several seconds of reconnect attempts by the API's clients)
+    // is one line per broker address (the node and its bootstrap address), not a line
+    // per attempt.
+    let started = log_lines("Kafka broker unreachable");
+    assert!((1..=2).contains(&started), "{started} outage lines");
+    assert_eq!(
+        attempt_lines(),
+        0,
+        "failed connection attempts were logged one by one"
+    );
+
+    // The broker comes back: writes succeed again, and the end of the outage is one
+    // line with its length and failed attempts.
+    broker.start_stopped().await?;
+    common::eventually(
+        Duration::from_secs(60),
+        "a write to succeed again",
+        || async { Ok(write().await?.status() == StatusCode::ACCEPTED) },
+    )
+    .await?;
+    common::eventually(
+        Duration::from_secs(30),
+        "the end of the outage to be logged",
+        || async { Ok(log_lines("Kafka broker reachable again") >= 1) },
+    )
+    .await?;
+    assert!(log_lines("failed_attempts") >= 1);
     Ok(())
 }

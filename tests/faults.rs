@@ -1,7 +1,9 @@
 //! The crash and fault harness: a seeded workload of follows, unfollows, posts and
 //! deletions, with 1% poison records written straight to the input topics, runs while
-//! the processor and the sink are killed -9 and restarted again and again, the broker is
-//! killed and restarted, PostgreSQL is stopped for 20 s and Redis is flushed. Once
+//! the processor and the sink are killed -9 and restarted again and again, on a 3-node
+//! Kafka cluster (replication factor 3, min.insync.replicas 2) whose partition leader
+//! is killed -9 and restarted later, and all of whose brokers are stopped for 20 s;
+//! PostgreSQL is stopped for 20 s and Redis is flushed. Once
 //! everything has drained, PostgreSQL and every feed Redis holds must equal the
 //! reference model, and the dead-letter topic must hold exactly the poison records.
 //!
@@ -18,18 +20,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use common::{
-    eventually, free_port, group_caught_up, group_lag, metric, poll_until, Deployment, Engines,
-    PrivateBroker,
+    await_delivery, eventually, free_port, group_caught_up, group_lag, kill, metric, poll_until,
+    postgres_feeds, Deployment, Engines, InputProducer, PrivateKafka,
 };
 use feedstream_topology::dead_letter::read_dead_letters;
-use feedstream_topology::event::{Envelope, EventBody, ENVELOPE_VERSION, EVENT_ID_HEADER};
+use feedstream_topology::event::{Envelope, EventBody, ENVELOPE_VERSION};
 use feedstream_topology::ids::{EventId, PostId, SnowflakeGenerator, UserId};
 use feedstream_topology::kafka::KafkaSettings;
 use feedstream_topology::model::{compare, expected_feeds};
 use feedstream_topology::topics::Topics;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::producer::DeliveryFuture;
 use tokio::process::Child;
 
 const PARTITIONS: u32 = 4;
@@ -245,14 +245,7 @@ async fn produce(
     pace: Duration,
     produced: Arc<AtomicUsize>,
 ) -> anyhow::Result<Sent> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("partitioner", "murmur2_random")
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        // Outlives the broker restart and the kills: nothing the harness sends is lost.
-        .set("message.timeout.ms", "600000")
-        .create()?;
+    let producer = InputProducer::new(&brokers)?;
     let started = Instant::now();
     let mut sent = Sent::default();
     let mut in_flight = Vec::new();
@@ -272,24 +265,8 @@ async fn produce(
             } else {
                 &topics.follow_events
             };
-            let id = outgoing
-                .event
-                .as_ref()
-                .map(|event| event.event_id.to_string());
-            let mut headers = OwnedHeaders::new();
-            if let Some(id) = &id {
-                headers = headers.insert(Header {
-                    key: EVENT_ID_HEADER,
-                    value: Some(id.as_str()),
-                });
-            }
-            let record = FutureRecord::to(topic)
-                .key(&outgoing.key)
-                .payload(&outgoing.payload)
-                .headers(headers);
-            let delivery = producer
-                .send_result(record)
-                .map_err(|(error, _)| anyhow::anyhow!("produce failed: {error}"))?;
+            let id = outgoing.event.as_ref().map(|event| event.event_id);
+            let delivery = producer.send(topic, &outgoing.key, &outgoing.payload, id)?;
             in_flight.push((delivery, outgoing.poison, topic.clone()));
             if let Some(event) = outgoing.event {
                 sent.events.push(event);
@@ -307,13 +284,9 @@ async fn settle(
     sent: &mut Sent,
 ) -> anyhow::Result<()> {
     for (delivery, poison, topic) in in_flight.drain(..) {
-        let delivered = delivery
-            .await
-            .context("delivery canceled")?
-            .map_err(|(error, _)| anyhow::anyhow!("not delivered: {error}"))?;
-        if let Some(reason) = poison {
-            sent.poison
-                .insert((topic, delivered.partition, delivered.offset), reason);
+        let delivered = await_delivery(Some(delivery)).await?;
+        if let (Some(reason), Some((partition, offset))) = (poison, delivered) {
+            sent.poison.insert((topic, partition, offset), reason);
         }
     }
     Ok(())
@@ -351,10 +324,6 @@ impl<'d> Cluster<'d> {
             // Small batches: many commits for the kills to land between and inside.
             "--process-batch-records",
             "200",
-            // Stream time stays exact while one input lags by up to this after a restart
-            // (ARCHITECTURE.md, Known limits).
-            "--max-task-idle-ms",
-            "5000",
         ])
     }
 
@@ -391,12 +360,6 @@ async fn postgres(action: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn kill(child: &mut Child) -> anyhow::Result<()> {
-    child.start_kill()?;
-    child.wait().await?;
-    Ok(())
-}
-
 /// Reads random feeds through the API all along, so that Redis holds feeds to keep up
 /// to date (and to lose in the flush); failures while a service is down are expected.
 fn spawn_readers(base: String, users: u64, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
@@ -417,30 +380,6 @@ fn spawn_readers(base: String, users: u64, stop: Arc<AtomicBool>) -> tokio::task
         }
         served
     })
-}
-
-/// Every user's feed in PostgreSQL as a reader sees it: entries, plus posts merged on
-/// read at or above each follow's floor, without deleted posts.
-async fn postgres_feeds(pool: &sqlx::PgPool) -> anyhow::Result<BTreeMap<UserId, Vec<PostId>>> {
-    let rows: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT f.user_id, f.post_id FROM feeds f JOIN posts p USING (post_id) \
-           WHERE p.deleted_at IS NULL \
-         UNION \
-         SELECT fo.user_id, m.post_id FROM follows fo \
-           JOIN merged_posts m ON m.author_id = fo.author_id AND m.post_id >= fo.min_post_id \
-           JOIN posts p ON p.post_id = m.post_id WHERE p.deleted_at IS NULL \
-         ORDER BY 1, 2 DESC",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut feeds: BTreeMap<UserId, Vec<PostId>> = BTreeMap::new();
-    for (owner, post) in rows {
-        feeds
-            .entry(UserId::new(owner as u64)?)
-            .or_default()
-            .push(PostId::new(post as u64)?);
-    }
-    Ok(feeds)
 }
 
 /// Compares every feed Redis holds with PostgreSQL's entries: the set must be exactly
@@ -511,8 +450,7 @@ async fn feeds_stay_exact_through_crashes_outages_and_poison() -> anyhow::Result
     let events = env_number("FEEDSTREAM_FAULT_EVENTS", 20_000) as usize;
     let kills = env_number("FEEDSTREAM_FAULT_KILLS", 12).max(2);
     let seed = env_number("FEEDSTREAM_TEST_SEED", fastrand::u64(..));
-    // About four followers per user: enough fan-out to matter, little enough that the
-    // test broker (tansu, whose fetches slow down as its store grows) keeps up.
+    // About four followers per user: enough fan-out to matter on 2 cores.
     let users = (events as u64 / 10).max(100);
     // Users 1-3 draw a tenth of ~0.36 × events follows; they pass it, most users do not.
     let celebrity_threshold = (events as u64 / 150).max(5).to_string();
@@ -520,9 +458,9 @@ async fn feeds_stay_exact_through_crashes_outages_and_poison() -> anyhow::Result
     let mut rng = fastrand::Rng::with_seed(seed);
 
     let engines = Engines::from_env();
-    let mut broker = PrivateBroker::start(&engines).await?;
-    let deployment = Deployment::on_broker(&engines, &broker.address()).await?;
-    deployment.create_topics(PARTITIONS).await?;
+    let mut kafka = PrivateKafka::start(&engines, 3).await?;
+    let deployment = Deployment::on_broker(&engines, &kafka.address()).await?;
+    deployment.create_replicated_topics(PARTITIONS, 3).await?;
     let topics = Topics::new(&deployment.topic_prefix, &deployment.application_id);
     let (_api, base) = deployment
         .spawn_api(&["--feed-cache-cap", &CACHE_CAP.to_string()])
@@ -559,13 +497,15 @@ async fn feeds_stay_exact_through_crashes_outages_and_poison() -> anyhow::Result
     let readers = spawn_readers(base.clone(), users, stop_readers.clone());
 
     // Faults, in rounds at random moments: each round kills the processor and then the
-    // sink; rounds 1, 2 and 3 also restart the broker, stop PostgreSQL for 20 s and
-    // flush Redis, while everything runs.
+    // sink; round 1 also kills the leader of post-events[0] (restarted in round 2, which
+    // also stops PostgreSQL for 20 s), round 3 flushes Redis and stops every broker for
+    // 20 s, while everything runs.
     let started = Instant::now();
     let rounds = kills.div_ceil(2);
+    let mut killed_leader = None;
     for round in 0..rounds {
-        // Each kill lands while the processor works: it has its tasks again (after
-        // waiting out its predecessor's session and restoring its stores).
+        // Each kill lands while the processor works: it has its tasks again (after its
+        // predecessor's session expired and its stores were restored).
         eventually(
             Duration::from_secs(180),
             "the processor to run its tasks",
@@ -580,13 +520,23 @@ async fn feeds_stay_exact_through_crashes_outages_and_poison() -> anyhow::Result
         tokio::time::sleep(Duration::from_millis(rng.u64(1000..4000))).await;
         match round {
             1 => {
+                let leader =
+                    tokio::task::block_in_place(|| kafka.leader_of(&topics.post_events, 0))?;
                 println!(
-                    "[{:>5.1}s] restarting the broker (kill -9)",
+                    "[{:>5.1}s] kill -9 Kafka node {leader}, the leader of post-events[0]",
                     started.elapsed().as_secs_f64()
                 );
-                broker.restart().await?;
+                kafka.kill_node(leader).await?;
+                killed_leader = Some(leader);
             }
             2 => {
+                if let Some(leader) = killed_leader.take() {
+                    println!(
+                        "[{:>5.1}s] restarting Kafka node {leader}",
+                        started.elapsed().as_secs_f64()
+                    );
+                    kafka.start_stopped().await?;
+                }
                 println!(
                     "[{:>5.1}s] stopping PostgreSQL for 20 s",
                     started.elapsed().as_secs_f64()
@@ -610,6 +560,14 @@ async fn feeds_stay_exact_through_crashes_outages_and_poison() -> anyhow::Result
                 let client = redis::Client::open(deployment.redis_url.as_str())?;
                 let mut redis = client.get_multiplexed_async_connection().await?;
                 redis::cmd("FLUSHDB").query_async::<()>(&mut redis).await?;
+                println!(
+                    "[{:>5.1}s] kill -9 every Kafka node; restarting them in 20 s",
+                    started.elapsed().as_secs_f64()
+                );
+                kafka.kill().await?;
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                kafka.start_stopped().await?;
+                println!("[{:>5.1}s] Kafka is back", started.elapsed().as_secs_f64());
             }
             _ => {}
         }
@@ -621,22 +579,13 @@ async fn feeds_stay_exact_through_crashes_outages_and_poison() -> anyhow::Result
             produced.load(Ordering::Relaxed)
         );
         kill(&mut cluster.processor).await?;
-        let sink_killed_at = Instant::now();
         tokio::time::sleep(Duration::from_millis(rng.u64(0..2000))).await;
         kill(&mut cluster.sink).await?;
-        // The processor waits out its dead predecessor's session by itself (its state
-        // directory says it stopped uncleanly). The sink has no state directory: tansu
-        // 0.6 gives a member that joins while its dead predecessor is still listed an
-        // empty assignment, so the harness lets the session expire first.
         cluster.processor = Cluster::spawn_processor(
             cluster.deployment,
             &cluster.celebrity_threshold,
             cluster.processor_metrics,
         )?;
-        let session = Duration::from_secs(12);
-        if let Some(wait) = session.checked_sub(sink_killed_at.elapsed()) {
-            tokio::time::sleep(wait).await;
-        }
         cluster.sink = Cluster::spawn_sink(cluster.deployment)?;
     }
 
@@ -697,6 +646,8 @@ async fn feeds_stay_exact_through_crashes_outages_and_poison() -> anyhow::Result
         delivery_timeout: Duration::from_secs(30),
         debug: None,
         fetch_wait: feedstream_topology::kafka::DEFAULT_FETCH_WAIT,
+        consumer_properties: Vec::new(),
+        group_instance_id: None,
     };
     let letters = tokio::task::block_in_place(|| read_dead_letters(&kafka, &topics))?;
     let by_source: BTreeMap<(String, i32, i64), String> = letters

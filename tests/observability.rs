@@ -47,8 +47,6 @@ async fn metrics_logs_and_dashboard_follow_real_traffic() -> anyhow::Result<()> 
         "127.0.0.1:0",
         "--state-dir",
         state.to_str().unwrap_or_default(),
-        "--max-task-idle-ms",
-        "200",
     ]);
     command
         .env("RUST_LOG", "warn,feedstream=debug")

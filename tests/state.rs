@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, free_port, metric, terminate, Client, Deployment, Engines};
+use common::{
+    eventually, free_port, metric, terminate, topic_records, Client, Deployment, Engines,
+};
 use feedstream_topology::model::{compare, expected_feeds};
 
 const BACKFILL: usize = 100;
@@ -72,7 +74,7 @@ fn spawn_processor(
     state: &str,
     extra: &[&str],
 ) -> anyhow::Result<tokio::process::Child> {
-    let mut args = vec!["process", "--state-dir", state, "--max-task-idle-ms", "200"];
+    let mut args = vec!["process", "--state-dir", state];
     args.extend_from_slice(extra);
     deployment.spawn(&args)
 }
@@ -232,6 +234,8 @@ async fn tasks_move_with_their_state_when_processors_join_and_leave() -> anyhow:
     traffic(&mut client, 0, 12).await?;
     assert_feeds_match_model(&client).await?;
 
+    let opened_alone = metric(port_a, "processor_tasks_opened_total").await?;
+    let restored_alone = metric(port_a, "state_restore_records_total").await?;
     let second = spawn_processor(
         &deployment,
         &dir("b"),
@@ -240,9 +244,88 @@ async fn tasks_move_with_their_state_when_processors_join_and_leave() -> anyhow:
     await_active_tasks(port_b, 1, "the second processor to take tasks").await?;
     traffic(&mut client, 1, 12).await?;
     assert_feeds_match_model(&client).await?;
+    // Incremental rebalancing: the first processor only gave tasks away. It reopened
+    // none of those it kept, so it restored nothing and never stopped processing them.
+    let kept = metric(port_a, "processor_active_tasks").await?;
+    let moved = metric(port_b, "processor_active_tasks").await?;
+    assert_eq!(kept + moved, 4.0, "every task runs once");
+    assert_eq!(
+        metric(port_a, "processor_tasks_opened_total").await?,
+        opened_alone,
+        "the first processor reopened tasks it kept"
+    );
+    assert_eq!(
+        metric(port_a, "state_restore_records_total").await?,
+        restored_alone,
+        "the first processor restored records while the second joined"
+    );
+    println!(
+        "1 -> 2 processors: {kept} tasks kept, {moved} moved, 0 records restored by the first"
+    );
 
     terminate(&second)?;
     await_active_tasks(port_a, 4, "the first processor to take every task back").await?;
+    let restored_back = metric(port_a, "state_restore_records_total").await? - restored_alone;
+    println!("2 -> 1 processors: the first took {moved} tasks back, restoring {restored_back} changelog records");
     traffic(&mut client, 2, 12).await?;
     assert_feeds_match_model(&client).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_restored_from_a_compacted_changelog_equals_one_rebuilt_from_its_source(
+) -> anyhow::Result<()> {
+    let deployment = Deployment::new(&Engines::from_env()).await?;
+    // Segments that close after a second and a cleaner that takes any dirty log: the
+    // broker compacts while the test runs.
+    let (created, _, stderr) = deployment
+        .run(&[
+            "topics",
+            "create",
+            "--partitions",
+            "2",
+            "--changelog-config",
+            "segment.ms=1000",
+            "--changelog-config",
+            "min.cleanable.dirty.ratio=0.01",
+        ])
+        .await?;
+    anyhow::ensure!(created, "topics create failed: {stderr}");
+    let state = deployment.dir.path().join("state").display().to_string();
+    let (_api, base) = deployment.spawn_api(&[]).await?;
+    let _sink = deployment.spawn(&["sink"])?;
+    let mut processor = spawn_processor(&deployment, &state, &[])?;
+    let mut client = Client::new(base);
+
+    // Follows, unfollows and re-follows rewrite the same keys (edges, follower counts)
+    // until the broker has compacted the followers changelog.
+    let changelog = format!("{}-followers-changelog", deployment.application_id);
+    let mut round = 0;
+    let compacted = loop {
+        traffic(&mut client, round, 2).await?;
+        round += 1;
+        let (records, span) =
+            tokio::task::block_in_place(|| topic_records(&deployment.brokers, &changelog))?;
+        if records < span as u64 {
+            break (records, span);
+        }
+        anyhow::ensure!(
+            round < 2_000,
+            "the changelog was not compacted: {records} records"
+        );
+    };
+    println!(
+        "after {round} rounds the followers changelog holds {} records over {} offsets",
+        compacted.0, compacted.1
+    );
+    assert_feeds_match_model(&client).await?;
+    terminate(&processor)?;
+    processor.wait().await?;
+
+    // The store restored from the compacted changelog is the store its source gives.
+    std::fs::remove_dir_all(&state)?;
+    let restored = rebuild(&deployment, &state, "followers", false).await?;
+    let from_source = rebuild(&deployment, &state, "followers", true).await?;
+    assert!(!restored.contains(" 0 entries"), "{restored}");
+    assert_eq!(restored, from_source);
+    Ok(())
 }

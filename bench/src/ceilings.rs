@@ -33,6 +33,7 @@ pub async fn broker(
         partitions,
         output_partitions: partitions,
         replication: 1,
+        changelog_configs: Vec::new(),
     };
     create_topics(settings, &topics, spec)
         .await

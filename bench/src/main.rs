@@ -88,6 +88,8 @@ async fn main() -> anyhow::Result<()> {
         delivery_timeout: Duration::from_secs(300),
         debug: None,
         fetch_wait: feedstream_topology::kafka::DEFAULT_FETCH_WAIT,
+        consumer_properties: Vec::new(),
+        group_instance_id: None,
     };
     let mut bench = Bench::new(&args, &work, &redis_prefix)?;
 

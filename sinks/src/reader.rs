@@ -187,7 +187,13 @@ impl FeedReader {
                     self.metrics.cache_errors.inc();
                     tracing::warn!(%error, user = owner, "could not fill the feed cache");
                 }
-                if range.is_first_page() {
+                // The newest slice answers the first page only if it holds the whole
+                // page: a cap below the limit leaves entries under the slice that a
+                // merged-on-read post older than them would otherwise let the page
+                // (and its `next` link) skip.
+                let slice_holds_page =
+                    newest.len() >= range.limit || newest.len() < self.cache.cap();
+                if range.is_first_page() && slice_holds_page {
                     Ok(newest.into_iter().take(range.limit).collect())
                 } else {
                     self.stored_entry_ids(owner, range).await

@@ -18,7 +18,6 @@ use feedstream_topology::kafka::{
 };
 use feedstream_topology::retry::RetryPolicy;
 use feedstream_topology::topics::{verify_layout, Topics};
-use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -119,7 +118,7 @@ enum Write {
 struct Writer<'s> {
     pool: PgPool,
     cache: FeedCache,
-    producer: FutureProducer,
+    producer: kafka::Producer,
     target: String,
     settings: &'s SinkSettings,
     metrics: &'s SinkMetrics,

@@ -18,21 +18,22 @@ pub struct Engines {
     pub brokers: String,
     pub pg_admin_url: String,
     pub redis_url: String,
-    pub tansu: Option<String>,
+    /// The Kafka jars, for tests that run brokers of their own.
+    pub kafka_libs: Option<String>,
 }
 
 impl Engines {
     pub fn from_env() -> Self {
         let need = |name: &str| {
             std::env::var(name).unwrap_or_else(|_| {
-                panic!("{name} is not set: run the suite with scripts/test.sh, which starts a Kafka broker (tansu), PostgreSQL and Redis")
+                panic!("{name} is not set: run the suite with scripts/test.sh, which starts Apache Kafka, PostgreSQL and Redis")
             })
         };
         Self {
             brokers: need("FEEDSTREAM_TEST_BROKERS"),
             pg_admin_url: need("FEEDSTREAM_TEST_PG_ADMIN_URL"),
             redis_url: need("FEEDSTREAM_TEST_REDIS_URL"),
-            tansu: std::env::var("FEEDSTREAM_TEST_TANSU").ok(),
+            kafka_libs: std::env::var("FEEDSTREAM_TEST_KAFKA_LIBS").ok(),
         }
     }
 }
@@ -111,8 +112,24 @@ impl Deployment {
     }
 
     pub async fn create_topics(&self, partitions: u32) -> anyhow::Result<String> {
+        self.create_replicated_topics(partitions, 1).await
+    }
+
+    pub async fn create_replicated_topics(
+        &self,
+        partitions: u32,
+        replication: u32,
+    ) -> anyhow::Result<String> {
+        let (partitions, replication) = (partitions.to_string(), replication.to_string());
         let (ok, stdout, stderr) = self
-            .run(&["topics", "create", "--partitions", &partitions.to_string()])
+            .run(&[
+                "topics",
+                "create",
+                "--partitions",
+                &partitions,
+                "--replication",
+                &replication,
+            ])
             .await?;
         if !ok {
             bail!("topics create failed: {stderr}");
@@ -132,13 +149,7 @@ impl Deployment {
     /// A processor with its own state directory `name` and `extra` arguments.
     pub fn spawn_processor_with(&self, name: &str, extra: &[&str]) -> anyhow::Result<Child> {
         let state = self.dir.path().join(name);
-        let mut args = vec![
-            "process",
-            "--state-dir",
-            state.to_str().unwrap_or_default(),
-            "--max-task-idle-ms",
-            "200",
-        ];
+        let mut args = vec!["process", "--state-dir", state.to_str().unwrap_or_default()];
         args.extend_from_slice(extra);
         self.spawn(&args)
     }
@@ -432,91 +443,249 @@ pub fn user(id: u64) -> UserId {
     UserId::new(id).expect("test user ids are positive")
 }
 
-/// A tansu broker of one test, on its own port and sqlite file, that the test may kill
-/// and start again (the shared broker of the suite must stay up for the other tests).
-pub struct PrivateBroker {
-    tansu: String,
-    pub port: u16,
-    data: tempfile::TempDir,
-    process: Option<Child>,
+/// Writes input records straight to the topics, as an operator replaying them or
+/// another client would: Java's partitioner (as the API), acks from all in-sync
+/// replicas, idempotence, and a delivery timeout that outlives broker restarts.
+pub struct InputProducer {
+    producer: rdkafka::producer::FutureProducer,
 }
 
-impl PrivateBroker {
-    pub async fn start(engines: &Engines) -> anyhow::Result<Self> {
-        let tansu = engines
-            .tansu
+impl InputProducer {
+    pub fn new(brokers: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            producer: rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("partitioner", "murmur2_random")
+                .set("acks", "all")
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "5")
+                .set("message.timeout.ms", "600000")
+                .create()?,
+        })
+    }
+
+    /// Sends one record, with the `event_id` header when it has an id.
+    pub fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        event_id: Option<EventId>,
+    ) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let id = event_id.map(|id| id.to_string());
+        let mut headers = OwnedHeaders::new();
+        if let Some(id) = &id {
+            headers = headers.insert(Header {
+                key: feedstream_topology::event::EVENT_ID_HEADER,
+                value: Some(id.as_str()),
+            });
+        }
+        let record = rdkafka::producer::FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        self.producer
+            .send_result(record)
+            .map_err(|(error, _)| anyhow::anyhow!("produce failed: {error}"))
+    }
+
+    /// Sends `events` to their input topics, in order, and waits for every
+    /// acknowledgement.
+    pub async fn send_events(
+        &self,
+        topics: &feedstream_topology::topics::Topics,
+        events: &[Envelope],
+    ) -> anyhow::Result<()> {
+        let mut in_flight = std::collections::VecDeque::new();
+        for event in events {
+            let topic = topics.input(event.topic());
+            let payload = event.to_json();
+            in_flight.push_back(self.send(
+                topic,
+                &event.key().to_string(),
+                &payload,
+                Some(event.event_id),
+            )?);
+            // Bounded in flight: librdkafka's queue holds 100,000 records.
+            if in_flight.len() >= 50_000 {
+                await_delivery(in_flight.pop_front()).await?;
+            }
+        }
+        while let Some(delivery) = in_flight.pop_front() {
+            await_delivery(Some(delivery)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a record was stored, once the broker acknowledged it.
+pub async fn await_delivery(
+    delivery: Option<rdkafka::producer::DeliveryFuture>,
+) -> anyhow::Result<Option<(i32, i64)>> {
+    let Some(delivery) = delivery else {
+        return Ok(None);
+    };
+    let delivered = delivery
+        .await
+        .context("delivery canceled")?
+        .map_err(|(error, _)| anyhow::anyhow!("not delivered: {error}"))?;
+    Ok(Some((delivered.partition, delivered.offset)))
+}
+
+/// A Kafka cluster of one test (1 node, or 3 for the fault harness) with its own data
+/// and ports, whose nodes the test may kill and start again: the shared broker of the
+/// suite must stay up for the other tests. Formatted and run by scripts/kafka.sh, as
+/// the scripts do.
+pub struct PrivateKafka {
+    libs: String,
+    dir: tempfile::TempDir,
+    /// (node id, broker port) of each node.
+    pub nodes: Vec<(u32, u16)>,
+    processes: BTreeMap<u32, Child>,
+}
+
+const KAFKA_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+
+impl PrivateKafka {
+    pub async fn start(engines: &Engines, nodes: u32) -> anyhow::Result<Self> {
+        let libs = engines
+            .kafka_libs
             .clone()
-            .context("FEEDSTREAM_TEST_TANSU is not set: run the suite with scripts/test.sh")?;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
-        drop(listener);
-        let mut broker = Self {
-            tansu,
-            port,
-            data: tempfile::tempdir()?,
-            process: None,
-        };
-        broker.run().await?;
-        Ok(broker)
-    }
-
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    async fn run(&mut self) -> anyhow::Result<()> {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.data.path().join("tansu.log"))?;
-        // tansu resolves the sqlite path against its working directory.
-        self.process = Some(
-            Command::new(&self.tansu)
-                .current_dir(self.data.path())
-                .args(["broker", "--storage-engine", "sqlite://tansu.db"])
-                .args(["--listener-url", &url, "--advertised-listener-url", &url])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .kill_on_drop(true)
-                .spawn()?,
-        );
-        let port = self.port;
-        eventually(
-            Duration::from_secs(30),
-            "the private broker to listen",
-            || async move {
-                Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok())
-            },
-        )
-        .await?;
-        let index = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/tansu-index.py"
-            ))
-            .arg(self.data.path().join("tansu.db"))
+            .context("FEEDSTREAM_TEST_KAFKA_LIBS is not set: run the suite with scripts/test.sh")?;
+        let dir = tempfile::tempdir()?;
+        let status = Command::new("bash")
+            .arg(KAFKA_SCRIPT)
+            .args([
+                "format",
+                &dir.path().display().to_string(),
+                &nodes.to_string(),
+            ])
+            .env("KAFKA_LIBS", &libs)
             .status()
-            .await
-            .context("running scripts/tansu-index.py (needs python3)")?;
-        anyhow::ensure!(index.success(), "scripts/tansu-index.py failed");
+            .await?;
+        anyhow::ensure!(status.success(), "scripts/kafka.sh format failed");
+        let listing = std::fs::read_to_string(dir.path().join("nodes"))?;
+        let nodes = listing
+            .lines()
+            .map(|line| {
+                let mut fields = line.split_whitespace();
+                let id = fields.next().context("node id")?.parse()?;
+                let port = fields.next().context("node port")?.parse()?;
+                Ok((id, port))
+            })
+            .collect::<anyhow::Result<Vec<(u32, u16)>>>()?;
+        let mut cluster = Self {
+            libs,
+            dir,
+            nodes,
+            processes: BTreeMap::new(),
+        };
+        let ids: Vec<u32> = cluster.nodes.iter().map(|(id, _)| *id).collect();
+        cluster.start_nodes(&ids).await?;
+        Ok(cluster)
+    }
+
+    /// The bootstrap list.
+    pub fn address(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(_, port)| format!("127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts the given nodes (on their data and ports) and waits until each has
+    /// started.
+    pub async fn start_nodes(&mut self, ids: &[u32]) -> anyhow::Result<()> {
+        for id in ids {
+            let child = Command::new("bash")
+                .arg(KAFKA_SCRIPT)
+                .args([
+                    "run",
+                    &self.dir.path().display().to_string(),
+                    &id.to_string(),
+                ])
+                .env("KAFKA_LIBS", &self.libs)
+                .env("KAFKA_HEAP", "384m")
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?;
+            self.processes.insert(*id, child);
+        }
+        for id in ids {
+            let log = self.dir.path().join(format!("node-{id}/logs/server.log"));
+            let port = self.port(*id)?;
+            eventually(
+                Duration::from_secs(120),
+                &format!("Kafka node {id} to start"),
+                || {
+                    let log = log.clone();
+                    async move {
+                        let started = std::fs::read_to_string(&log)
+                            .is_ok_and(|text| text.contains("Transition from STARTING to STARTED"));
+                        Ok(started
+                            && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                                .await
+                                .is_ok())
+                    }
+                },
+            )
+            .await?;
+        }
         Ok(())
     }
 
-    /// kill -9: the broker stops without a word to its clients.
-    pub async fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut process) = self.process.take() {
+    fn port(&self, id: u32) -> anyhow::Result<u16> {
+        self.nodes
+            .iter()
+            .find(|(node, _)| *node == id)
+            .map(|(_, port)| *port)
+            .with_context(|| format!("no Kafka node {id}"))
+    }
+
+    /// kill -9 of one node: it stops without a word to its clients or peers.
+    pub async fn kill_node(&mut self, id: u32) -> anyhow::Result<()> {
+        if let Some(mut process) = self.processes.remove(&id) {
             process.kill().await?;
         }
         Ok(())
     }
 
-    /// Starts the broker again on the same port and data.
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill().await?;
-        self.run().await
+    /// kill -9 of every node.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        let ids: Vec<u32> = self.processes.keys().copied().collect();
+        for id in ids {
+            self.kill_node(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts every node that is not running.
+    pub async fn start_stopped(&mut self) -> anyhow::Result<()> {
+        let stopped: Vec<u32> = self
+            .nodes
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !self.processes.contains_key(id))
+            .collect();
+        self.start_nodes(&stopped).await
+    }
+
+    /// The node that leads `topic`'s `partition`, as the cluster's metadata says.
+    pub fn leader_of(&self, topic: &str, partition: i32) -> anyhow::Result<u32> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.address())
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let leader = metadata
+            .topics()
+            .first()
+            .and_then(|t| t.partitions().iter().find(|p| p.id() == partition))
+            .map(|p| p.leader())
+            .with_context(|| format!("no metadata for {topic}[{partition}]"))?;
+        Ok(u32::try_from(leader)?)
     }
 }
 
@@ -564,6 +733,84 @@ pub fn group_lag(brokers: &str, group: &str, topics: &[String]) -> anyhow::Resul
             (high - at).max(0)
         })
         .sum())
+}
+
+/// Every user's feed in PostgreSQL as a reader sees it: entries, plus posts merged on
+/// read at or above each follow's floor, without deleted posts.
+pub async fn postgres_feeds(pool: &sqlx::PgPool) -> anyhow::Result<BTreeMap<UserId, Vec<PostId>>> {
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT f.user_id, f.post_id FROM feeds f JOIN posts p USING (post_id) \
+           WHERE p.deleted_at IS NULL \
+         UNION \
+         SELECT fo.user_id, m.post_id FROM follows fo \
+           JOIN merged_posts m ON m.author_id = fo.author_id AND m.post_id >= fo.min_post_id \
+           JOIN posts p ON p.post_id = m.post_id WHERE p.deleted_at IS NULL \
+         ORDER BY 1, 2 DESC",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut feeds: BTreeMap<UserId, Vec<PostId>> = BTreeMap::new();
+    for (owner, post) in rows {
+        feeds
+            .entry(UserId::new(owner as u64)?)
+            .or_default()
+            .push(PostId::new(post as u64)?);
+    }
+    Ok(feeds)
+}
+
+pub async fn kill(child: &mut Child) -> anyhow::Result<()> {
+    child.start_kill()?;
+    child.wait().await?;
+    Ok(())
+}
+
+/// How many records `topic` holds, and how many offsets they span: fewer records than
+/// offsets means the log was compacted (or records were deleted).
+pub fn topic_records(brokers: &str, topic: &str) -> anyhow::Result<(u64, i64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "feedstream-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let (mut records, mut span) = (0u64, 0i64);
+    let mut list = TopicPartitionList::new();
+    let mut open = 0;
+    for partition in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, *partition, Duration::from_secs(10))?;
+        span += high - low;
+        if high > low {
+            list.add_partition_offset(topic, *partition, Offset::Beginning)?;
+            open += 1;
+        }
+    }
+    if open == 0 {
+        return Ok((0, span));
+    }
+    consumer.assign(&list)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while open > 0 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "reading {topic} took over 60 s"
+        );
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(_)) => records += 1,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => open -= 1,
+            Some(Err(error)) => return Err(error.into()),
+            None => {}
+        }
+    }
+    Ok((records, span))
 }
 
 /// Asks a process to stop gracefully (SIGTERM).

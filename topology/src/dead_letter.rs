@@ -3,7 +3,6 @@
 //! `feedstream dlq` reads them back with [`DeadLetterHeaders::parse`].
 
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::FutureProducer;
 
 use crate::kafka::{self, InputRecord, KafkaFailure, KafkaSettings, OutboundRecord};
 use crate::topics::{partition_counts, Topics};
@@ -238,7 +237,7 @@ pub fn read_dead_letters(
 /// replayed in the dead-letter topic, so that a second replay skips it. A crash between
 /// the two publishes it twice, which the topology absorbs (it is idempotent by event).
 pub async fn replay(
-    producer: &FutureProducer,
+    producer: &kafka::Producer,
     topics: &Topics,
     letter: &StoredDeadLetter,
 ) -> Result<(), KafkaFailure> {

@@ -36,7 +36,7 @@ pub enum EventBody {
 }
 
 /// The two input topics of the topology.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum InputTopic {
     PostEvents,
     FollowEvents,

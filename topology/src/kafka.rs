@@ -2,7 +2,7 @@
 //! consumer that cuts batches at rebalances, and an outbox that waits for every
 //! acknowledgement.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
+use crate::client_log::{self, KafkaContext};
 use crate::event::EVENT_ID_HEADER;
 use crate::metrics::LagLabels;
 
@@ -35,14 +36,17 @@ pub struct KafkaSettings {
     /// Longest time the broker may hold a consumer's fetch that found too little data
     /// (`fetch.wait.max.ms`): how late a new record can reach an idle consumer.
     pub fetch_wait: Duration,
+    /// librdkafka properties for every consumer, applied after feedstream's own.
+    pub consumer_properties: Vec<(String, String)>,
+    /// Static group membership (`group.instance.id`): unique per instance, kept across
+    /// its restarts.
+    pub group_instance_id: Option<String>,
 }
 
-/// Default of [`KafkaSettings::fetch_wait`]. tansu 0.6 holds every fetch for about
-/// this long (half of it from 500 ms up) even when it has records, so librdkafka's
-/// default (500 ms) adds ~250 ms per hop there; 10 ms keeps a post's way to the feeds
-/// short, at up to 100 fetches a second from an idle consumer. On Kafka a fetch returns
-/// as soon as records arrive, and the setting only bounds empty fetches.
-pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_millis(10);
+/// Default of [`KafkaSettings::fetch_wait`]: librdkafka's own. Kafka answers a fetch
+/// as soon as a record arrives for it, so this only bounds how long the broker holds a
+/// fetch that finds nothing; a shorter wait buys no latency and costs idle fetches.
+pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_millis(500);
 
 /// A Kafka failure, and whether trying again later can succeed.
 #[derive(Debug, thiserror::Error)]
@@ -87,18 +91,26 @@ fn client_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
     config
         .set("bootstrap.servers", &settings.brokers)
         .set("client.id", client_id)
-        .set("socket.timeout.ms", "10000");
+        .set("socket.timeout.ms", "10000")
+        // Statistics tell when a broker is reachable again (see client_log).
+        .set("statistics.interval.ms", "5000");
     if let Some(contexts) = &settings.debug {
         config.set("debug", contexts);
     }
     config
 }
 
+/// Every producer of feedstream.
+pub type Producer = FutureProducer<KafkaContext>;
+
+/// A consumer in no group, reading the partitions it is assigned.
+pub type Reader = BaseConsumer<KafkaContext>;
+
 /// A producer with acks from all in-sync replicas, idempotence on, and the given
 /// delivery timeout.
-pub fn producer(settings: &KafkaSettings, client_id: &str) -> Result<FutureProducer, KafkaFailure> {
+pub fn producer(settings: &KafkaSettings, client_id: &str) -> Result<Producer, KafkaFailure> {
     producer_config(settings, client_id)
-        .create()
+        .create_with_context(KafkaContext)
         .map_err(KafkaFailure::Configuration)
 }
 
@@ -128,17 +140,27 @@ fn consumer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
     config
 }
 
+/// The operator's consumer properties, last, so that they win over feedstream's.
+fn with_consumer_properties(mut config: ClientConfig, settings: &KafkaSettings) -> ClientConfig {
+    for (key, value) in &settings.consumer_properties {
+        config.set(key, value);
+    }
+    config
+}
+
 /// A consumer that is in no group: it reads exactly the partitions it is assigned.
 pub fn standalone_consumer(
     settings: &KafkaSettings,
     client_id: &str,
-) -> Result<BaseConsumer, KafkaFailure> {
-    consumer_config(settings, client_id)
+) -> Result<Reader, KafkaFailure> {
+    let mut config = consumer_config(settings, client_id);
+    config
         .set("group.id", format!("{client_id}-standalone"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
+        .set("auto.offset.reset", "earliest");
+    with_consumer_properties(config, settings)
+        .create_with_context(KafkaContext)
         .map_err(KafkaFailure::Configuration)
 }
 
@@ -148,7 +170,7 @@ pub type TopicPartition = (String, i32);
 /// Reads a partition from its beginning to its end as of the call, with a consumer in
 /// no group, calling `each` per record. Returns how many records it read.
 pub fn read_partition<E: From<KafkaFailure>>(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     partition: i32,
     each: &mut dyn FnMut(&BorrowedMessage<'_>) -> Result<(), E>,
@@ -256,7 +278,16 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
 }
 
 impl ClientContext for MembershipContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        client_log::log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_log::client_error(&error, reason);
+    }
+
     fn stats(&self, statistics: Statistics) {
+        client_log::brokers_seen(&statistics);
         for (name, topic) in &statistics.topics {
             for (partition, state) in &topic.partitions {
                 // librdkafka lists partitions it only knows of (-1: no lag known).
@@ -271,8 +302,17 @@ impl ClientContext for MembershipContext {
 }
 
 impl ConsumerContext for MembershipContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
+            // librdkafka keeps a partition's pause across its revocation and its next
+            // assignment, while the runtime forgets its pauses at revocation: a
+            // partition paused for backpressure would never be fetched again. So every
+            // partition leaves its assignment resumed (resuming it while it is still
+            // assigned; the assignment that follows then starts at the committed
+            // offset, as any other).
+            if let Err(error) = consumer.resume(list) {
+                tracing::error!(%error, "could not resume revoked partitions");
+            }
             let revoked = partitions_of(list);
             for (topic, partition) in &revoked {
                 self.lag.remove(&self.lag_labels(topic, *partition));
@@ -345,16 +385,21 @@ pub struct GroupConsumer {
     held: Option<InputRecord>,
     /// Offsets whose commit failed, committed with the next ones.
     uncommitted: BTreeMap<TopicPartition, i64>,
+    /// The partitions this member owns, as of the changes handed out so far.
+    assignment: BTreeSet<TopicPartition>,
 }
 
-/// How long the group waits for a silent member before it gives its partitions away.
-pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
-
 impl GroupConsumer {
-    /// Joins `group_id` and subscribes to `topics`. Assignment uses the range assignor,
-    /// which gives partition i of every topic to the same member when the topics have
-    /// equal partition counts: the co-partitioning the processor's tasks rely on. The lag
-    /// of each owned partition is kept in `lag`, refreshed every few seconds.
+    /// Joins `group_id` and subscribes to `topics` with Kafka's consumer group protocol
+    /// (KIP-848): the broker assigns, incrementally, so when a member joins or leaves
+    /// only the partitions that move are revoked and assigned, and the others keep
+    /// being processed. Its `range` assignor gives partition i of every topic to the
+    /// same member when the topics have equal partition counts: the co-partitioning the
+    /// processor's tasks rely on. Session timeout and heartbeats are the broker's
+    /// (`group.consumer.*` in deploy/kafka/broker.properties). With a group instance id
+    /// the member is static: a restarted instance takes its partitions back at once,
+    /// without waiting for its predecessor's session to expire. The lag of each owned
+    /// partition is kept in `lag`, refreshed every few seconds.
     pub fn join(
         settings: &KafkaSettings,
         group_id: &str,
@@ -368,26 +413,25 @@ impl GroupConsumer {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "range")
-            .set(
-                "session.timeout.ms",
-                SESSION_TIMEOUT.as_millis().to_string(),
-            )
-            .set("heartbeat.interval.ms", "1000")
+            .set("group.protocol", "consumer")
+            .set("group.remote.assignor", "range")
             // Restoration and retried sink writes happen between polls.
             .set("max.poll.interval.ms", "300000")
             // Bounds what librdkafka prefetches (one queue for all partitions) while the
             // runtime is busy or retrying: memory stays bounded whatever the input rate.
-            .set("queued.max.messages.kbytes", "16384")
-            .set("statistics.interval.ms", "5000");
+            .set("queued.max.messages.kbytes", "16384");
+        if let Some(instance) = &settings.group_instance_id {
+            config.set("group.instance.id", instance);
+        }
         let context = MembershipContext {
             changes: Mutex::default(),
             group: group_id.to_string(),
             lag,
         };
-        let consumer: StreamConsumer<MembershipContext> = config
-            .create_with_context(context)
-            .map_err(KafkaFailure::Configuration)?;
+        let consumer: StreamConsumer<MembershipContext> =
+            with_consumer_properties(config, settings)
+                .create_with_context(context)
+                .map_err(KafkaFailure::Configuration)?;
         consumer
             .subscribe(topics)
             .map_err(KafkaFailure::Operation)?;
@@ -395,6 +439,7 @@ impl GroupConsumer {
             consumer,
             held: None,
             uncommitted: BTreeMap::new(),
+            assignment: BTreeSet::new(),
         })
     }
 
@@ -440,7 +485,11 @@ impl GroupConsumer {
                         batch.records.push(record);
                     }
                     Ok(Err(error)) => {
-                        tracing::warn!(%error, "consumer error; librdkafka retries");
+                        if client_log::is_connection_failure(&error) {
+                            tracing::debug!(%error, "consumer error; librdkafka retries");
+                        } else {
+                            tracing::warn!(%error, "consumer error; librdkafka retries");
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     // Nothing more already fetched: hand on what there is.
@@ -452,20 +501,30 @@ impl GroupConsumer {
         }
         batch.changes = self.consumer.context().take();
         for change in &batch.changes {
-            if let MembershipChange::Revoked(partitions) = change {
-                for partition in partitions {
-                    self.uncommitted.remove(partition);
+            match change {
+                MembershipChange::Revoked(partitions) => {
+                    for partition in partitions {
+                        self.uncommitted.remove(partition);
+                        self.assignment.remove(partition);
+                    }
                 }
-                // A record held back from a revoked partition is read again from the
-                // committed offset, after the ones before it, by whoever owns it next.
-                if self
-                    .held
-                    .as_ref()
-                    .is_some_and(|held| partitions.contains(&(held.topic.clone(), held.partition)))
-                {
-                    self.held = None;
+                MembershipChange::Assigned(partitions) => {
+                    self.assignment.extend(partitions.iter().cloned());
                 }
             }
+        }
+        // librdkafka hands out no record fetched under an assignment that has since
+        // been revoked, so a record held back at a change belongs to the assignment
+        // that follows it: it is dropped only if its partition is gone (it is then
+        // read again from the committed offset by its next owner). Dropping it because
+        // its partition was revoked *and assigned again* would skip it for good: the
+        // fetch goes on after it.
+        if self.held.as_ref().is_some_and(|held| {
+            !self
+                .assignment
+                .contains(&(held.topic.clone(), held.partition))
+        }) {
+            self.held = None;
         }
         if !batch.changes.is_empty() {
             tracing::debug!(changes = ?batch.changes, "consumer group membership changed");
@@ -602,7 +661,7 @@ pub struct Delivered {
 
 /// Sends every record and waits for all acknowledgements.
 pub async fn deliver(
-    producer: &FutureProducer,
+    producer: &Producer,
     records: &[OutboundRecord],
 ) -> Result<Vec<Delivered>, KafkaFailure> {
     let mut outbox = Outbox::new(producer);
@@ -615,13 +674,13 @@ pub async fn deliver(
 /// Sends records and waits for every acknowledgement; records in flight are bounded by
 /// librdkafka's queue (a full queue waits for the oldest delivery).
 pub struct Outbox<'p> {
-    producer: &'p FutureProducer,
+    producer: &'p Producer,
     in_flight: VecDeque<(String, DeliveryFuture)>,
     delivered: Vec<Delivered>,
 }
 
 impl<'p> Outbox<'p> {
-    pub fn new(producer: &'p FutureProducer) -> Self {
+    pub fn new(producer: &'p Producer) -> Self {
         Self {
             producer,
             in_flight: VecDeque::new(),

@@ -1,6 +1,7 @@
 //! The feedstream topology: the public event schema, topic layout, the pure feed logic
 //! with its reference model, and the Kafka runtime that drives it.
 
+pub mod client_log;
 pub mod dead_letter;
 pub mod event;
 pub mod feed;

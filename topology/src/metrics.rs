@@ -106,6 +106,10 @@ pub struct ProcessorMetrics {
     pub failures: FailureMetrics,
     pub batch_seconds: Histogram,
     pub active_tasks: Gauge,
+    pub tasks_opened: Counter,
+    pub waiting_tasks: Gauge,
+    pub paused_partitions: Gauge,
+    pub input_wait_seconds: Histogram,
     pub restored_records: Counter,
     pub restore_seconds: Histogram,
     pub restore_rate: Gauge<f64, AtomicU64>,
@@ -128,6 +132,11 @@ impl ProcessorMetrics {
             failures,
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             active_tasks: Gauge::default(),
+            tasks_opened: Counter::default(),
+            waiting_tasks: Gauge::default(),
+            paused_partitions: Gauge::default(),
+            // From 1 ms to ~4.5 h: a long wait is a stalled input, worth seeing.
+            input_wait_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 24)),
             restored_records: Counter::default(),
             restore_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             restore_rate: Gauge::default(),
@@ -167,6 +176,26 @@ impl ProcessorMetrics {
             "processor_active_tasks",
             "Tasks (partition pairs) this instance runs",
             metrics.active_tasks.clone(),
+        );
+        registry.register(
+            "processor_tasks_opened",
+            "Tasks opened (assigned and restored); with incremental rebalancing only moved tasks are",
+            metrics.tasks_opened.clone(),
+        );
+        registry.register(
+            "processor_waiting_tasks",
+            "Tasks that wait for an empty input the broker still holds records of (stream-time order)",
+            metrics.waiting_tasks.clone(),
+        );
+        registry.register(
+            "processor_paused_partitions",
+            "Input partitions not fetched because their task already buffers enough records",
+            metrics.paused_partitions.clone(),
+        );
+        registry.register(
+            "processor_input_wait_seconds",
+            "How long a task waited for its empty input before processing went on",
+            metrics.input_wait_seconds.clone(),
         );
         registry.register(
             "state_restore_records",

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use feedstream_stores::{RocksDbStore, StoreError};
-use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 
 use crate::dead_letter::{dead_letter, Failure, Stage};
@@ -40,7 +39,8 @@ pub struct ProcessorSettings {
     pub rules: FeedRules,
     pub max_batch_records: usize,
     pub max_batch_wait: Duration,
-    /// How long a task waits for a lagging input before processing the other anyway.
+    /// How long a task whose other input is empty and caught up waits for records of
+    /// it not yet produced (an input that is not caught up is always waited for).
     pub max_task_idle: Duration,
     /// Backoff between attempts to deliver a batch while the broker fails.
     pub retry: RetryPolicy,
@@ -60,12 +60,6 @@ pub enum ProcessorError {
         #[source]
         source: StoreError,
     },
-    #[error("state directory file {path}: {source}")]
-    StateDir {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("state of task {task}: {source}")]
     State {
         task: i32,
@@ -80,7 +74,7 @@ impl ProcessorError {
         match self {
             ProcessorError::Layout(error) => error.is_retriable(),
             ProcessorError::Kafka(error) => error.is_retriable(),
-            ProcessorError::Store { .. } | ProcessorError::StateDir { .. } => false,
+            ProcessorError::Store { .. } => false,
             ProcessorError::State { source, .. } => source.is_retriable(),
         }
     }
@@ -94,11 +88,27 @@ struct Task {
     positions: BTreeMap<&'static str, i64>,
     posts: VecDeque<InputRecord>,
     follows: VecDeque<InputRecord>,
-    /// Since when the task has been waiting for a lagging input.
-    waiting_since: Option<Instant>,
+    /// Set while one input is empty and the other waits for it.
+    waiting: Option<Waiting>,
     /// When the stores were last synced and checkpointed.
     checkpointed: Instant,
 }
+
+/// A task's wait for its empty input.
+struct Waiting {
+    input: InputTopic,
+    since: Instant,
+    /// Since when the broker has said the input is caught up (records still to come
+    /// have not been produced yet); `None` while it holds unread records of it.
+    caught_up_since: Option<Instant>,
+    /// Whether the wait was logged: it is, once it lasts [`WAIT_LOGGED_AFTER`].
+    logged: bool,
+}
+
+/// How long a task waits for a lagging input before the wait is logged (and again
+/// when it ends). Shorter waits are normal while two partitions are fetched in turn;
+/// they are counted by `processor_input_wait_seconds` only.
+const WAIT_LOGGED_AFTER: Duration = Duration::from_secs(2);
 
 /// Longest time between checkpoints of a task that keeps changing. A checkpoint syncs
 /// each store's WAL and writes a file (three fsyncs); between checkpoints the stores
@@ -156,7 +166,7 @@ impl Task {
             positions,
             posts: VecDeque::new(),
             follows: VecDeque::new(),
-            waiting_since: None,
+            waiting: None,
             checkpointed: Instant::now(),
         };
         task.record_sizes(metrics);
@@ -226,11 +236,6 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ProcessorError> {
     let partitions = verify_layout(&settings.kafka, &settings.topics, true)?;
-    let running = RunningMark::take(
-        &settings.state_dir.join(&settings.topics.application_id),
-        &mut shutdown,
-    )
-    .await?;
     let topics = &settings.topics;
     let consumer = GroupConsumer::join(
         &settings.kafka,
@@ -250,65 +255,26 @@ pub async fn run(
         assigned: BTreeSet::new(),
         tasks: BTreeMap::new(),
         paused: BTreeSet::new(),
+        incomplete: BTreeMap::new(),
         next_first: 0,
     };
     let result = runtime.run(&mut shutdown).await;
     let closed = runtime.close_all_tasks();
-    if result.is_ok() && closed.is_ok() {
-        running.release();
-    }
     tracing::info!("processor stopped");
     result.and(closed)
-}
-
-/// A file in the state directory that exists while a processor runs on it. Finding it at
-/// start means the last processor died without leaving its consumer group: the group
-/// still counts it as a member until its session times out. Joining only after that
-/// keeps the rebalance simple; tansu 0.6 can otherwise hand the new member an empty
-/// assignment while the dead member keeps every partition.
-struct RunningMark {
-    path: PathBuf,
-}
-
-impl RunningMark {
-    async fn take(
-        dir: &Path,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<Self, ProcessorError> {
-        let path = dir.join("processor.running");
-        let io = |source| ProcessorError::StateDir {
-            path: path.display().to_string(),
-            source,
-        };
-        if path.exists() {
-            let wait = kafka::SESSION_TIMEOUT + Duration::from_secs(2);
-            tracing::warn!(?wait, "the last processor on this state directory stopped uncleanly; waiting for the group to expire it");
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => {}
-            }
-        }
-        std::fs::create_dir_all(dir).map_err(io)?;
-        std::fs::write(&path, std::process::id().to_string()).map_err(io)?;
-        Ok(Self { path })
-    }
-
-    fn release(self) {
-        if let Err(error) = std::fs::remove_file(&self.path) {
-            tracing::warn!(%error, path = %self.path.display(), "could not remove the running mark");
-        }
-    }
 }
 
 struct Runtime<'s> {
     settings: &'s ProcessorSettings,
     consumer: GroupConsumer,
-    producer: FutureProducer,
+    producer: kafka::Producer,
     metrics: ProcessorMetrics,
     assigned: BTreeSet<TopicPartition>,
     tasks: BTreeMap<i32, Task>,
     /// Input partitions paused because their task's buffer is full.
     paused: BTreeSet<TopicPartition>,
+    /// Records of a partition whose twin is not assigned yet, for its task.
+    incomplete: BTreeMap<i32, Vec<InputRecord>>,
     /// Task that goes first in the next processing round (round-robin).
     next_first: usize,
 }
@@ -362,9 +328,12 @@ impl Runtime<'_> {
 
     fn route(&mut self, record: InputRecord) {
         let Some(task) = self.tasks.get_mut(&record.partition) else {
-            // Only possible if the group assigned one input partition without its twin;
-            // the record stays uncommitted for whoever owns the task.
-            tracing::warn!(source = %record.source(), "record for a partition without a complete task; left uncommitted");
+            // One input partition is assigned before its twin: keep its records for the
+            // task (the fetch goes on after them, so dropping one would skip it).
+            self.incomplete
+                .entry(record.partition)
+                .or_default()
+                .push(record);
             return;
         };
         if record.topic == self.settings.topics.post_events {
@@ -378,6 +347,9 @@ impl Runtime<'_> {
         match change {
             MembershipChange::Revoked(partitions) => {
                 for (topic, partition) in partitions {
+                    if let Some(records) = self.incomplete.get_mut(&partition) {
+                        records.retain(|record| record.topic != topic);
+                    }
                     self.paused.remove(&(topic.clone(), partition));
                     self.assigned.remove(&(topic, partition));
                     if let Some(task) = self.tasks.remove(&partition) {
@@ -414,7 +386,11 @@ impl Runtime<'_> {
                             }
                         })?;
                     self.tasks.insert(partition, task);
+                    self.metrics.tasks_opened.inc();
                     tracing::info!(task = partition, "task assigned and opened");
+                    for record in self.incomplete.remove(&partition).unwrap_or_default() {
+                        self.route(record);
+                    }
                 }
             }
         }
@@ -452,6 +428,7 @@ impl Runtime<'_> {
                 self.paused.remove(key);
             }
         }
+        self.metrics.paused_partitions.set(self.paused.len() as i64);
         Ok(())
     }
 
@@ -465,7 +442,7 @@ impl Runtime<'_> {
             partitions.rotate_left(first);
             self.next_first = self.next_first.wrapping_add(1);
         }
-        let mut lagging_verdicts = BTreeMap::new();
+        let mut verdicts = BTreeMap::new();
         let mut budget = self.settings.max_batch_records;
         while budget > 0 && !partitions.is_empty() {
             let mut still_ready = Vec::new();
@@ -473,7 +450,7 @@ impl Runtime<'_> {
                 if budget == 0 {
                     break;
                 }
-                let record = self.next_record(partition, &mut lagging_verdicts);
+                let record = self.next_record(partition, &mut verdicts);
                 let (Some(record), Some(task)) = (record, self.tasks.get_mut(&partition)) else {
                     continue;
                 };
@@ -488,60 +465,108 @@ impl Runtime<'_> {
             }
             partitions = still_ready;
         }
+        self.metrics.waiting_tasks.set(self.lagging_tasks());
         Ok(effects)
     }
 
     /// The task's next record in stream time, if it may be processed now. Whether an
-    /// empty input is in fact caught up is asked of the broker once per cycle and topic,
-    /// for every task at once: the consumer is not polled meanwhile, so `caught_up`
-    /// (keyed by task and topic) keeps the answers for the rest of the cycle.
+    /// empty input is caught up is asked of the broker once per cycle and topic, for
+    /// every task at once: the consumer is not polled meanwhile, so `verdicts` (keyed
+    /// by task and input) keeps the answers for the rest of the cycle.
     fn next_record(
         &mut self,
         partition: i32,
-        caught_up: &mut BTreeMap<(i32, bool), bool>,
+        verdicts: &mut BTreeMap<(i32, InputTopic), bool>,
     ) -> Option<InputRecord> {
         let task = self.tasks.get(&partition)?;
         let posts_head = task.posts.front().map(stream_time);
         let follows_head = task.follows.front().map(stream_time);
-        let waited = task
-            .waiting_since
-            .map_or(Duration::ZERO, |since| since.elapsed());
-        // Which input is empty, should one be: posts (true) or follows (false).
-        let key = (partition, posts_head.is_none());
-        let mut empty = EmptyInput {
-            caught_up: caught_up.get(&key).copied().unwrap_or(false),
-            waited,
+        let empty = if posts_head.is_some() == follows_head.is_some() {
+            // Both heads or neither: the decision needs no broker.
+            EmptyInput::Lagging
+        } else {
+            let input = if posts_head.is_none() {
+                InputTopic::PostEvents
+            } else {
+                InputTopic::FollowEvents
+            };
+            if !verdicts.contains_key(&(partition, input)) {
+                let topic = self.settings.topics.input(input);
+                let answers = self.caught_up(topic);
+                for task in self.tasks.keys() {
+                    let verdict = answers.get(task).copied().unwrap_or(false);
+                    verdicts.insert((*task, input), verdict);
+                }
+            }
+            let caught_up = verdicts.get(&(partition, input)).copied().unwrap_or(false);
+            let task = self.tasks.get_mut(&partition)?;
+            let waiting = task.waiting.get_or_insert_with(|| Waiting {
+                input,
+                since: Instant::now(),
+                caught_up_since: None,
+                logged: false,
+            });
+            if caught_up {
+                let since = *waiting.caught_up_since.get_or_insert_with(Instant::now);
+                EmptyInput::CaughtUp {
+                    for_: since.elapsed(),
+                }
+            } else {
+                waiting.caught_up_since = None;
+                EmptyInput::Lagging
+            }
         };
         let max_idle = self.settings.max_task_idle;
-        let mut decision = stream_time::next(posts_head, follows_head, empty, max_idle);
-        if decision == Next::Wait && !caught_up.contains_key(&key) {
-            let topics = &self.settings.topics;
-            let lagging = if key.1 {
-                &topics.post_events
-            } else {
-                &topics.follow_events
-            };
-            for (task, verdict) in self.caught_up(lagging) {
-                caught_up.insert((task, key.1), verdict);
-            }
-            empty.caught_up = caught_up.get(&key).copied().unwrap_or(false);
-            caught_up.insert(key, empty.caught_up);
-            decision = stream_time::next(posts_head, follows_head, empty, max_idle);
-        }
+        let decision = stream_time::next(posts_head, follows_head, empty, max_idle);
         let task = self.tasks.get_mut(&partition)?;
         let record = match decision {
             Next::Posts => task.posts.pop_front(),
             Next::Follows => task.follows.pop_front(),
-            Next::Wait => {
-                task.waiting_since.get_or_insert_with(Instant::now);
-                None
-            }
-            Next::Idle => None,
+            Next::Wait | Next::Idle => None,
         };
-        if record.is_some() {
-            task.waiting_since = None;
+        match (&mut task.waiting, decision) {
+            (Some(waiting), Next::Wait) => {
+                if !waiting.logged && waiting.since.elapsed() >= WAIT_LOGGED_AFTER {
+                    waiting.logged = true;
+                    tracing::info!(
+                        task = partition,
+                        input = ?waiting.input,
+                        caught_up = waiting.caught_up_since.is_some(),
+                        "task waits for its other input before processing further"
+                    );
+                }
+            }
+            (Some(_), _) => {
+                if let Some(waiting) = task.waiting.take() {
+                    let waited = waiting.since.elapsed();
+                    self.metrics
+                        .input_wait_seconds
+                        .observe(waited.as_secs_f64());
+                    if waiting.logged {
+                        tracing::info!(
+                            task = partition,
+                            input = ?waiting.input,
+                            seconds = waited.as_secs_f64(),
+                            "task resumed after waiting for its other input"
+                        );
+                    }
+                }
+            }
+            (None, _) => {}
         }
         record
+    }
+
+    /// Tasks whose one input is empty while the broker still holds records of it.
+    fn lagging_tasks(&self) -> i64 {
+        self.tasks
+            .values()
+            .filter(|task| {
+                task.waiting
+                    .as_ref()
+                    .is_some_and(|waiting| waiting.caught_up_since.is_none())
+            })
+            .count() as i64
     }
 
     /// Which tasks have read all of `topic`; none, when the broker does not say.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 use crate::event::{
     Envelope, EventBody, InputTopic, InvalidEvent, ENVELOPE_VERSION, EVENT_ID_HEADER,
@@ -36,7 +36,7 @@ impl PublishError {
 
 /// Builds envelopes with fresh ids and publishes them with acks=all.
 pub struct EventPublisher {
-    producer: FutureProducer,
+    producer: kafka::Producer,
     topics: Topics,
     ids: SnowflakeGenerator,
     delivery_timeout: Duration,
@@ -66,7 +66,7 @@ impl EventPublisher {
                 "queue.buffering.max.messages",
                 max_pending.max(1).to_string(),
             )
-            .create()
+            .create_with_context(crate::client_log::KafkaContext)
             .map_err(KafkaFailure::Configuration)?;
         Ok(Self {
             producer,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use feedstream_stores::{
     KeyValueStore, RocksDbStore, StoreError, AUTHOR_POSTS_STORE, FOLLOWERS_STORE,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -266,7 +266,7 @@ impl StateOpener<'_> {
 }
 
 fn watermarks(
-    consumer: &BaseConsumer,
+    consumer: &kafka::Reader,
     topic: &str,
     partition: i32,
 ) -> Result<(i64, i64), StateError> {
@@ -288,7 +288,7 @@ fn block<T>(work: impl FnOnce() -> T) -> T {
 /// Applies changelog records `[start, end)` of one partition to `kv`; a record without
 /// a value deletes its key. Returns how many records it applied.
 pub fn replay_changelog<S: KeyValueStore>(
-    consumer: &BaseConsumer,
+    consumer: &kafka::Reader,
     topic: &str,
     partition: i32,
     start: i64,

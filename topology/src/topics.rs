@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 
+use crate::client_log::KafkaContext;
+use crate::event::InputTopic;
 use crate::kafka::{KafkaFailure, KafkaSettings};
 use feedstream_stores::{AUTHOR_POSTS_STORE, FOLLOWERS_STORE};
 
@@ -39,6 +40,14 @@ impl Topics {
         }
     }
 
+    /// The name of one of the two input topics.
+    pub fn input(&self, input: InputTopic) -> &str {
+        match input {
+            InputTopic::PostEvents => &self.post_events,
+            InputTopic::FollowEvents => &self.follow_events,
+        }
+    }
+
     pub fn changelog(&self, store: &str) -> String {
         format!("{}-{store}-changelog", self.application_id)
     }
@@ -53,14 +62,23 @@ impl Topics {
 }
 
 /// How `topics create` makes topics.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TopicSpec {
     /// Partitions of the two inputs, and so of the changelogs (one per task).
     pub partitions: i32,
     /// Partitions of feed-events and dead-letter-events, which no task reads.
     pub output_partitions: i32,
     pub replication: i32,
+    /// Topic configs of the changelogs beyond [`CHANGELOG_CONFIGS`], which they replace
+    /// key by key.
+    pub changelog_configs: Vec<(String, String)>,
 }
+
+/// Changelogs are compacted. Kafka only compacts closed segments, and by default a
+/// segment closes after 7 days or 1 GiB: a changelog that grows slowly would be read
+/// whole at every restore. One hour bounds that.
+pub const CHANGELOG_CONFIGS: [(&str, &str); 2] =
+    [("cleanup.policy", "compact"), ("segment.ms", "3600000")];
 
 /// A topic layout that cannot work, or could not be checked.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +93,12 @@ pub enum TopicsError {
         first_count: i32,
         second: String,
         second_count: i32,
+    },
+    #[error("--replication {wanted} needs at least {wanted} brokers, but the cluster at {brokers} has {available}")]
+    Replication {
+        wanted: i32,
+        available: usize,
+        brokers: String,
     },
     #[error("could not create topic {topic}: {code}")]
     Creation {
@@ -129,10 +153,10 @@ pub fn check_layout(
         .unwrap_or(0))
 }
 
-fn admin(settings: &KafkaSettings) -> Result<AdminClient<DefaultClientContext>, KafkaFailure> {
+fn admin(settings: &KafkaSettings) -> Result<AdminClient<KafkaContext>, KafkaFailure> {
     ClientConfig::new()
         .set("bootstrap.servers", &settings.brokers)
-        .create()
+        .create_with_context(KafkaContext)
         .map_err(KafkaFailure::Configuration)
 }
 
@@ -157,6 +181,19 @@ pub fn partition_counts(
         .collect())
 }
 
+/// How many brokers the cluster has.
+fn broker_count(settings: &KafkaSettings, timeout: Duration) -> Result<usize, KafkaFailure> {
+    let admin = admin(settings)?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, timeout)
+        .map_err(|source| KafkaFailure::Unreachable {
+            brokers: settings.brokers.clone(),
+            source,
+        })?;
+    Ok(metadata.brokers().len())
+}
+
 /// Fetches the layout from the broker and checks it (see [`check_layout`]).
 pub fn verify_layout(
     settings: &KafkaSettings,
@@ -175,9 +212,6 @@ pub struct TopicOutcome {
     pub created: bool,
 }
 
-/// `retention.ms` of the input topics: `i64::MAX`, forever for Kafka and tansu alike.
-const RETENTION_FOREVER_MS: &str = "9223372036854775807";
-
 /// Creates every topic that is missing; existing ones are left as they are. Then checks
 /// the layout, so a pre-existing mismatch is reported rather than hidden.
 pub async fn create_topics(
@@ -185,13 +219,8 @@ pub async fn create_topics(
     topics: &Topics,
     spec: TopicSpec,
 ) -> Result<Vec<TopicOutcome>, TopicsError> {
-    // Inputs are the source of truth for rebuilds: keep them forever. Forever is the
-    // largest retention rather than Kafka's -1, which tansu 0.6 reads as 0 s (it divides
-    // by 1000 in integers) and so deletes every input record at its next maintenance.
-    let keep_forever = vec![
-        ("cleanup.policy", "delete"),
-        ("retention.ms", RETENTION_FOREVER_MS),
-    ];
+    // Inputs are the source of truth for rebuilds: keep them forever (-1).
+    let keep_forever = vec![("cleanup.policy", "delete"), ("retention.ms", "-1")];
     let mut wanted = vec![
         WantedTopic::new(&topics.post_events, spec.partitions, keep_forever.clone()),
         WantedTopic::new(&topics.follow_events, spec.partitions, keep_forever),
@@ -206,14 +235,27 @@ pub async fn create_topics(
             vec![("cleanup.policy", "delete")],
         ),
     ];
+    let mut changelog_configs: BTreeMap<String, String> = CHANGELOG_CONFIGS
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+    changelog_configs.extend(spec.changelog_configs.iter().cloned());
     for store in STORES {
-        wanted.push(WantedTopic::new(
-            &topics.changelog(store),
-            spec.partitions,
-            vec![("cleanup.policy", "compact")],
-        ));
+        wanted.push(WantedTopic {
+            name: topics.changelog(store),
+            partitions: spec.partitions,
+            configs: changelog_configs.clone().into_iter().collect(),
+        });
     }
 
+    let available = broker_count(settings, Duration::from_secs(10))?;
+    if usize::try_from(spec.replication).unwrap_or(0) > available {
+        return Err(TopicsError::Replication {
+            wanted: spec.replication,
+            available,
+            brokers: settings.brokers.clone(),
+        });
+    }
     let existing = partition_counts(settings, Duration::from_secs(10))?;
     let to_create: Vec<NewTopic<'_>> = wanted
         .iter()
@@ -260,15 +302,18 @@ pub async fn create_topics(
 struct WantedTopic {
     name: String,
     partitions: i32,
-    configs: Vec<(&'static str, &'static str)>,
+    configs: Vec<(String, String)>,
 }
 
 impl WantedTopic {
-    fn new(name: &str, partitions: i32, configs: Vec<(&'static str, &'static str)>) -> Self {
+    fn new(name: &str, partitions: i32, configs: Vec<(&str, &str)>) -> Self {
         Self {
             name: name.to_string(),
             partitions,
-            configs,
+            configs: configs
+                .into_iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
         }
     }
 }
