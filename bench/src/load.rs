@@ -282,6 +282,15 @@ pub async fn paced(
     let started = Instant::now();
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<Recorder>();
+    // Each send's recorder holds a whole histogram: merge them as they come, so that
+    // memory stays bounded by the sends in flight, not by the length of the phase.
+    let merged = tokio::spawn(async move {
+        let mut posts = Recorder::new(started);
+        while let Some(recorder) = sent_rx.recv().await {
+            posts.merge(&recorder);
+        }
+        posts
+    });
     let mut probe_tasks = Vec::new();
     let mut next_probe = started;
     let mut index = 0usize;
@@ -315,10 +324,7 @@ pub async fn paced(
         index += 1;
     }
     drop(sent_tx);
-    let mut posts = Recorder::new(started);
-    while let Some(recorder) = sent_rx.recv().await {
-        posts.merge(&recorder);
-    }
+    let mut posts = merged.await.unwrap_or_else(|_| Recorder::new(started));
     posts.elapsed = started.elapsed();
     let mut visibility = Recorder::new(started);
     let (mut probe_posts, mut lost_probes) = (0, 0);
