@@ -59,7 +59,12 @@ ensure_postgres() {
       die "PostgreSQL $version did not start: see /var/log/postgresql/"
     for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
   fi
-  PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432}"
+  if [ -z "${PG_ADMIN_URL:-}" ]; then
+    PG_ADMIN_URL="postgres://postgres@127.0.0.1:5432"
+    # The password an earlier run of these scripts gave the role, if any.
+    psql "postgres://postgres:postgres@127.0.0.1:5432/postgres" -Atqc 'select 1' >/dev/null 2>&1 &&
+      PG_ADMIN_URL="postgres://postgres:postgres@127.0.0.1:5432"
+  fi
   if ! psql "$PG_ADMIN_URL/postgres" -Atqc 'select 1' >/dev/null 2>&1; then
     # A fresh Debian install asks for a password over TCP: give the postgres role one.
     say "setting a password for the PostgreSQL role postgres (local development only)"

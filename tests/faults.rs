@@ -3,7 +3,8 @@
 //! the processor and the sink are killed -9 and restarted again and again, on a 3-node
 //! Kafka cluster (replication factor 3, min.insync.replicas 2) whose partition leader
 //! is killed -9 and restarted later, and all of whose brokers are stopped for 20 s;
-//! PostgreSQL is stopped for 20 s and Redis is flushed. Once
+//! PostgreSQL is stopped for 20 s and Redis is flushed; meanwhile a writer posts
+//! through the API, whose every answer must be 202, or 503 with Retry-After. Once
 //! everything has drained, PostgreSQL and every feed Redis holds must equal the
 //! reference model, and the dead-letter topic must hold exactly the poison records.
 //!
@@ -382,6 +383,64 @@ fn spawn_readers(base: String, users: u64, stop: Arc<AtomicBool>) -> tokio::task
     })
 }
 
+/// What the API answered the writer during the faults.
+#[derive(Default)]
+struct Writes {
+    /// (author, post) of every 202.
+    accepted: Vec<(u64, PostId)>,
+    /// 503 with Retry-After: the broker did not acknowledge in time.
+    unavailable: usize,
+    /// Anything else: another status, a 503 without Retry-After, no answer at all.
+    wrong: Vec<String>,
+}
+
+/// Posts through the API all along, as users `first..first + 4` whom nobody follows,
+/// so that every write meets the faults: each must be answered 202, or 503 with
+/// Retry-After, within the client's 30 s (the API's own publish timeout is 5 s).
+fn spawn_writer(
+    base: String,
+    first: u64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Writes> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("a plain HTTP client builds");
+        let mut writes = Writes::default();
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let author = first + n % 5;
+            n += 1;
+            let sent = http
+                .post(format!("{base}/posts"))
+                .header("X-User-Id", author.to_string())
+                .json(&serde_json::json!({ "content": format!("write {n} during the faults") }))
+                .send()
+                .await;
+            match sent {
+                Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
+                    let body: serde_json::Value = response.json().await.unwrap_or_default();
+                    match serde_json::from_value::<PostId>(body["post_id"].clone()) {
+                        Ok(post_id) => writes.accepted.push((author, post_id)),
+                        Err(error) => writes.wrong.push(format!("202 without a post id: {error}")),
+                    }
+                }
+                Ok(response)
+                    if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                        && response.headers().contains_key("retry-after") =>
+                {
+                    writes.unavailable += 1;
+                }
+                Ok(response) => writes.wrong.push(format!("answered {}", response.status())),
+                Err(error) => writes.wrong.push(format!("no answer: {error}")),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        writes
+    })
+}
+
 /// Compares every feed Redis holds with PostgreSQL's entries: the set must be exactly
 /// the entries at or above its floor, at most the cap, and each in the model's feed.
 /// Returns (feeds checked, lost, phantom).
@@ -495,6 +554,8 @@ async fn feeds_stay_exact_through_crashes_outages_and_poison() -> anyhow::Result
     ));
     let stop_readers = Arc::new(AtomicBool::new(false));
     let readers = spawn_readers(base.clone(), users, stop_readers.clone());
+    let stop_writer = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(base.clone(), users + 1, stop_writer.clone());
 
     // Faults, in rounds at random moments: each round kills the processor and then the
     // sink; round 1 also kills the leader of post-events[0] (restarted in round 2, which
@@ -590,6 +651,15 @@ async fn feeds_stay_exact_through_crashes_outages_and_poison() -> anyhow::Result
     }
 
     let sent = producer.await??;
+    stop_writer.store(true, Ordering::Relaxed);
+    let writes = writer.await?;
+    println!(
+        "[{:>5.1}s] the API answered {} writes 202, {} writes 503 with Retry-After, {} otherwise",
+        started.elapsed().as_secs_f64(),
+        writes.accepted.len(),
+        writes.unavailable,
+        writes.wrong.len()
+    );
     println!(
         "[{:>5.1}s] all {events} records produced ({} events, {} poison); draining",
         started.elapsed().as_secs_f64(),
@@ -631,7 +701,26 @@ async fn feeds_stay_exact_through_crashes_outages_and_poison() -> anyhow::Result
 
     let expected = expected_feeds(&sent.events, BACKFILL);
     let pool = sqlx::PgPool::connect(&deployment.database_url).await?;
-    let stored = postgres_feeds(&pool).await?;
+    let mut stored = postgres_feeds(&pool).await?;
+    // The writer's feeds hold its accepted posts, and may hold posts answered 503 (the
+    // broker can store a record whose acknowledgement came too late): they are checked
+    // apart from the model.
+    let written: BTreeMap<UserId, Vec<PostId>> = (users + 1..=users + 5)
+        .filter_map(|author| stored.remove_entry(&user(author)))
+        .collect();
+    let lost_writes = writes
+        .accepted
+        .iter()
+        .filter(|(author, post)| {
+            !written
+                .get(&user(*author))
+                .is_some_and(|feed| feed.contains(post))
+        })
+        .count();
+    println!(
+        "API writes: {} accepted, {lost_writes} not in their author's feed",
+        writes.accepted.len()
+    );
     let found = compare(&expected, &stored);
     let entries: usize = expected.values().map(BTreeSet::len).sum();
     println!(
@@ -673,10 +762,23 @@ async fn feeds_stay_exact_through_crashes_outages_and_poison() -> anyhow::Result
         wrong.len()
     );
 
-    assert_eq!(
-        inputs_held as usize,
-        sent.events.len() + sent.poison.len(),
+    let produced = sent.events.len() + sent.poison.len() + writes.accepted.len();
+    assert!(
+        (produced..=produced + writes.unavailable).contains(&(inputs_held as usize)),
         "the broker lost or duplicated acknowledged input records"
+    );
+    assert!(
+        writes.wrong.is_empty(),
+        "writes not answered 202 or 503 + Retry-After: {:?}",
+        writes.wrong
+    );
+    assert!(
+        !writes.accepted.is_empty(),
+        "the API accepted writes during the faults"
+    );
+    assert_eq!(
+        lost_writes, 0,
+        "accepted writes missing from their author's feed"
     );
     let wrong: Vec<String> = wrong
         .iter()
