@@ -99,12 +99,6 @@ pub struct GlobalArgs {
         value_parser = parse_property
     )]
     pub consumer_properties: Vec<(String, String)>,
-    /// Static membership in the processor's and the sink's consumer groups
-    /// (`group.instance.id`): give each instance its own id and keep it across restarts
-    /// (e.g. the pod or host name), and a restarted instance takes its tasks back at
-    /// once instead of after its predecessor's session timeout.
-    #[arg(long, global = true, env = "FEEDSTREAM_GROUP_INSTANCE_ID")]
-    pub group_instance_id: Option<String>,
     /// librdkafka debug contexts to log (e.g. `cgrp,fetch`), for diagnosing Kafka clients.
     #[arg(long, global = true, env = "FEEDSTREAM_KAFKA_DEBUG")]
     pub kafka_debug: Option<String>,

@@ -242,7 +242,6 @@ fn kafka(global: &GlobalArgs, delivery_timeout: Duration) -> KafkaSettings {
         debug: global.kafka_debug.clone(),
         fetch_wait: Duration::from_millis(global.fetch_wait_max_ms),
         consumer_properties: global.consumer_properties.clone(),
-        group_instance_id: global.group_instance_id.clone(),
     }
 }
 

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::{
-    eventually, free_port, group_lag, kill, metric, postgres_feeds, terminate, Deployment, Engines,
-    InputProducer,
+    envelope, eventually, free_port, group_lag, kill, metric, postgres_feeds, terminate, user,
+    Deployment, Engines, InputProducer,
 };
-use feedstream_topology::event::{Envelope, EventBody, ENVELOPE_VERSION};
-use feedstream_topology::ids::{EventId, PostId, SnowflakeGenerator, UserId};
+use feedstream_topology::event::{Envelope, EventBody};
+use feedstream_topology::ids::{PostId, SnowflakeGenerator};
 use feedstream_topology::model::{compare, expected_feeds};
 use feedstream_topology::topics::Topics;
 use tokio::process::Child;
@@ -37,40 +37,25 @@ const SMALL_FETCHES: [&str; 4] = [
     "0",
 ];
 
-fn user(id: u64) -> UserId {
-    UserId::new(id).expect("positive")
-}
-
 /// `follows` distinct follows among `users` (followees skewed towards small ids), then
 /// `posts` posts; ids and timestamps grow in that order.
 fn backlog(seed: u64, users: u64, follows: usize, posts: usize) -> Vec<Envelope> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let ids = SnowflakeGenerator::new(77).expect("node id");
-    let envelope = |actor: u64, body: &dyn Fn(EventId) -> EventBody| {
-        let (id, timestamp) = ids.next();
-        let event_id = EventId::new(id).expect("snowflake ids are valid");
-        Envelope {
-            event_id,
-            body: body(event_id),
-            actor_id: user(actor),
-            timestamp,
-            version: ENVELOPE_VERSION,
-        }
-    };
     let mut events = Vec::with_capacity(follows + posts);
     let mut edges = BTreeSet::new();
     while edges.len() < follows {
         let follower = rng.u64(1..=users);
         let followee = 1 + (rng.f64().powi(2) * users as f64) as u64 % users;
         if follower != followee && edges.insert((follower, followee)) {
-            events.push(envelope(follower, &|_| EventBody::Followed {
+            events.push(envelope(&ids, follower, |_| EventBody::Followed {
                 followee_id: user(followee),
             }));
         }
     }
     for _ in 0..posts {
         let author = rng.u64(1..=users);
-        events.push(envelope(author, &|id| EventBody::PostCreated {
+        events.push(envelope(&ids, author, |id| EventBody::PostCreated {
             post_id: PostId::new(id.get()).expect("event ids are post ids"),
             content: format!("post by {author}"),
         }));

@@ -736,7 +736,6 @@ async fn feeds_stay_exact_through_crashes_outages_and_poison() -> anyhow::Result
         debug: None,
         fetch_wait: feedstream_topology::kafka::DEFAULT_FETCH_WAIT,
         consumer_properties: Vec::new(),
-        group_instance_id: None,
     };
     let letters = tokio::task::block_in_place(|| read_dead_letters(&kafka, &topics))?;
     let by_source: BTreeMap<(String, i32, i64), String> = letters

@@ -89,7 +89,6 @@ async fn main() -> anyhow::Result<()> {
         debug: None,
         fetch_wait: feedstream_topology::kafka::DEFAULT_FETCH_WAIT,
         consumer_properties: Vec::new(),
-        group_instance_id: None,
     };
     let mut bench = Bench::new(&args, &work, &redis_prefix)?;
 

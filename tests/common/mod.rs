@@ -443,6 +443,24 @@ pub fn user(id: u64) -> UserId {
     UserId::new(id).expect("test user ids are positive")
 }
 
+/// An envelope with the next id of `ids`, as the API would build it; `body` gets the
+/// event's id (a post's id is its event's).
+pub fn envelope(
+    ids: &feedstream_topology::ids::SnowflakeGenerator,
+    actor: u64,
+    body: impl FnOnce(EventId) -> EventBody,
+) -> Envelope {
+    let (id, timestamp) = ids.next();
+    let event_id = EventId::new(id).expect("snowflake ids are valid");
+    Envelope {
+        event_id,
+        body: body(event_id),
+        actor_id: user(actor),
+        timestamp,
+        version: ENVELOPE_VERSION,
+    }
+}
+
 /// Writes input records straight to the topics, as an operator replaying them or
 /// another client would: Java's partitioner (as the API), acks from all in-sync
 /// replicas, idempotence, and a delivery timeout that outlives broker restarts.

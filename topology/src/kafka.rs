@@ -33,14 +33,11 @@ pub struct KafkaSettings {
     pub delivery_timeout: Duration,
     /// librdkafka debug contexts (e.g. `cgrp,fetch`), for diagnosing the client.
     pub debug: Option<String>,
-    /// Longest time the broker may hold a consumer's fetch that found too little data
-    /// (`fetch.wait.max.ms`): how late a new record can reach an idle consumer.
+    /// Longest time the broker may hold a consumer's fetch that found no data
+    /// (`fetch.wait.max.ms`); a record that arrives ends the wait.
     pub fetch_wait: Duration,
     /// librdkafka properties for every consumer, applied after feedstream's own.
     pub consumer_properties: Vec<(String, String)>,
-    /// Static group membership (`group.instance.id`): unique per instance, kept across
-    /// its restarts.
-    pub group_instance_id: Option<String>,
 }
 
 /// Default of [`KafkaSettings::fetch_wait`]: librdkafka's own. Kafka answers a fetch
@@ -396,9 +393,7 @@ impl GroupConsumer {
     /// being processed. Its `range` assignor gives partition i of every topic to the
     /// same member when the topics have equal partition counts: the co-partitioning the
     /// processor's tasks rely on. Session timeout and heartbeats are the broker's
-    /// (`group.consumer.*` in deploy/kafka/broker.properties). With a group instance id
-    /// the member is static: a restarted instance takes its partitions back at once,
-    /// without waiting for its predecessor's session to expire. The lag of each owned
+    /// (`group.consumer.*` in deploy/kafka/broker.properties). The lag of each owned
     /// partition is kept in `lag`, refreshed every few seconds.
     pub fn join(
         settings: &KafkaSettings,
@@ -420,9 +415,6 @@ impl GroupConsumer {
             // Bounds what librdkafka prefetches (one queue for all partitions) while the
             // runtime is busy or retrying: memory stays bounded whatever the input rate.
             .set("queued.max.messages.kbytes", "16384");
-        if let Some(instance) = &settings.group_instance_id {
-            config.set("group.instance.id", instance);
-        }
         let context = MembershipContext {
             changes: Mutex::default(),
             group: group_id.to_string(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::metadata::Metadata;
 
 use crate::client_log::KafkaContext;
 use crate::event::InputTopic;
@@ -160,20 +161,23 @@ fn admin(settings: &KafkaSettings) -> Result<AdminClient<KafkaContext>, KafkaFai
         .map_err(KafkaFailure::Configuration)
 }
 
-/// Partition counts of every topic the broker knows.
-pub fn partition_counts(
-    settings: &KafkaSettings,
-    timeout: Duration,
-) -> Result<BTreeMap<String, i32>, KafkaFailure> {
-    let admin = admin(settings)?;
-    let metadata = admin
+/// The cluster's metadata: its brokers and every topic.
+fn cluster_metadata(settings: &KafkaSettings, timeout: Duration) -> Result<Metadata, KafkaFailure> {
+    admin(settings)?
         .inner()
         .fetch_metadata(None, timeout)
         .map_err(|source| KafkaFailure::Unreachable {
             brokers: settings.brokers.clone(),
             source,
-        })?;
-    Ok(metadata
+        })
+}
+
+/// Partition counts of every topic the broker knows.
+pub fn partition_counts(
+    settings: &KafkaSettings,
+    timeout: Duration,
+) -> Result<BTreeMap<String, i32>, KafkaFailure> {
+    Ok(cluster_metadata(settings, timeout)?
         .topics()
         .iter()
         .filter(|topic| topic.error().is_none())
@@ -183,15 +187,7 @@ pub fn partition_counts(
 
 /// How many brokers the cluster has.
 fn broker_count(settings: &KafkaSettings, timeout: Duration) -> Result<usize, KafkaFailure> {
-    let admin = admin(settings)?;
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, timeout)
-        .map_err(|source| KafkaFailure::Unreachable {
-            brokers: settings.brokers.clone(),
-            source,
-        })?;
-    Ok(metadata.brokers().len())
+    Ok(cluster_metadata(settings, timeout)?.brokers().len())
 }
 
 /// Fetches the layout from the broker and checks it (see [`check_layout`]).
