@@ -24,9 +24,15 @@ java_command() {
     -cp "$KAFKA_LIBS/*" "$@")
 }
 
-# Kafka's Uuid text form: 16 random bytes, URL-safe base64 without padding.
+# Kafka's Uuid text form: 16 random bytes, URL-safe base64 without padding. Never one
+# that starts with "-", which the storage tool's argument parser takes for an option.
 kafka_uuid() {
-  python3 -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))'
+  python3 -c 'import base64,uuid
+while True:
+    text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not text.startswith("-"):
+        print(text)
+        break'
 }
 
 free_port() {

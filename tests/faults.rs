@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use common::{
-    await_delivery, eventually, free_port, group_caught_up, group_lag, kill, metric, poll_until,
-    postgres_feeds, Deployment, Engines, InputProducer, PrivateKafka,
+    await_delivery, envelope, eventually, free_port, group_caught_up, group_lag, kill, metric,
+    poll_until, postgres_feeds, user, Deployment, Engines, InputProducer, PrivateKafka,
 };
 use feedstream_topology::dead_letter::read_dead_letters;
 use feedstream_topology::event::{Envelope, EventBody, ENVELOPE_VERSION};
@@ -54,10 +54,6 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn user(id: u64) -> UserId {
-    UserId::new(id).expect("workload user ids are positive")
-}
-
 /// Generates the workload as it is produced: each event gets its id when it is sent, so
 /// ids grow in production order, as the API would issue them.
 struct Workload {
@@ -81,15 +77,7 @@ struct Outgoing {
 
 impl Workload {
     fn envelope(&self, actor: u64, body: impl FnOnce(EventId) -> EventBody) -> Envelope {
-        let (id, timestamp) = self.ids.next();
-        let event_id = EventId::new(id).expect("snowflake ids are valid");
-        Envelope {
-            event_id,
-            body: body(event_id),
-            actor_id: user(actor),
-            timestamp,
-            version: ENVELOPE_VERSION,
-        }
+        envelope(&self.ids, actor, body)
     }
 
     /// Users 1-3 draw a tenth of all follows (celebrities); the rest are skewed towards
