@@ -14,6 +14,8 @@
 # each node's heap (default 512m).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# free_port, say, die
+source "$ROOT/scripts/lib.sh"
 : "${KAFKA_LIBS:?set KAFKA_LIBS to the directory of the Kafka jars (scripts/lib.sh ensure_kafka)}"
 
 java_command() {
@@ -33,10 +35,6 @@ while True:
     if not text.startswith("-"):
         print(text)
         break'
-}
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 format_cluster() {

@@ -493,9 +493,9 @@ impl Runtime<'_> {
             if !verdicts.contains_key(&(partition, input)) {
                 let topic = self.settings.topics.input(input);
                 let answers = self.caught_up(topic);
-                for task in self.tasks.keys() {
-                    let verdict = answers.get(task).copied().unwrap_or(false);
-                    verdicts.insert((*task, input), verdict);
+                for other in self.tasks.keys() {
+                    let verdict = answers.get(other).copied().unwrap_or(false);
+                    verdicts.insert((*other, input), verdict);
                 }
             }
             let caught_up = verdicts.get(&(partition, input)).copied().unwrap_or(false);
@@ -524,9 +524,9 @@ impl Runtime<'_> {
             Next::Follows => task.follows.pop_front(),
             Next::Wait | Next::Idle => None,
         };
-        match (&mut task.waiting, decision) {
-            (Some(waiting), Next::Wait) => {
-                if !waiting.logged && waiting.since.elapsed() >= WAIT_LOGGED_AFTER {
+        if decision == Next::Wait {
+            if let Some(waiting) = task.waiting.as_mut().filter(|waiting| !waiting.logged) {
+                if waiting.since.elapsed() >= WAIT_LOGGED_AFTER {
                     waiting.logged = true;
                     tracing::info!(
                         task = partition,
@@ -536,23 +536,17 @@ impl Runtime<'_> {
                     );
                 }
             }
-            (Some(_), _) => {
-                if let Some(waiting) = task.waiting.take() {
-                    let waited = waiting.since.elapsed();
-                    self.metrics
-                        .input_wait_seconds
-                        .observe(waited.as_secs_f64());
-                    if waiting.logged {
-                        tracing::info!(
-                            task = partition,
-                            input = ?waiting.input,
-                            seconds = waited.as_secs_f64(),
-                            "task resumed after waiting for its other input"
-                        );
-                    }
-                }
+        } else if let Some(waiting) = task.waiting.take() {
+            let waited = waiting.since.elapsed().as_secs_f64();
+            self.metrics.input_wait_seconds.observe(waited);
+            if waiting.logged {
+                tracing::info!(
+                    task = partition,
+                    input = ?waiting.input,
+                    seconds = waited,
+                    "task resumed after waiting for its other input"
+                );
             }
-            (None, _) => {}
         }
         record
     }
