@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use feedstream_stores::StoreName;
 
 /// Kafka Streams-style stream processor that turns posts and follows into social feeds.
 ///
@@ -57,7 +58,7 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "FEEDSTREAM_FEED_CACHE_CAP",
-        default_value_t = feedstream_sinks::FEED_CACHE_CAP
+        default_value_t = feedstream_read::FEED_CACHE_CAP
     )]
     pub feed_cache_cap: usize,
     /// Prefix of the four public topic names (post-events, follow-events, feed-events,
@@ -85,7 +86,7 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "FEEDSTREAM_FETCH_WAIT_MAX_MS",
-        default_value_t = feedstream_topology::kafka::DEFAULT_FETCH_WAIT.as_millis() as u64
+        default_value_t = feedstream_kafka::DEFAULT_FETCH_WAIT.as_millis() as u64
     )]
     pub fetch_wait_max_ms: u64,
     /// A librdkafka property for every consumer, as `KEY=VALUE` (repeatable; the
@@ -191,25 +192,10 @@ pub enum Command {
     RebuildState(RebuildArgs),
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum StoreName {
-    Followers,
-    AuthorPosts,
-}
-
-impl StoreName {
-    pub fn name(self) -> &'static str {
-        match self {
-            StoreName::Followers => feedstream_stores::FOLLOWERS_STORE,
-            StoreName::AuthorPosts => feedstream_stores::AUTHOR_POSTS_STORE,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct RebuildArgs {
-    /// The store to rebuild.
-    #[arg(long, value_enum)]
+    /// The store to rebuild: followers or author-posts.
+    #[arg(long)]
     pub store: StoreName,
     /// Replay the store's source topic (follow-events or post-events) instead of its
     /// changelog, then bring the changelog in line with the result.
@@ -309,11 +295,11 @@ pub struct ProcessArgs {
     )]
     pub state_dir: PathBuf,
     /// How many of an author's newest live posts a new follower receives (N).
-    #[arg(long, env = "FEEDSTREAM_BACKFILL", default_value_t = feedstream_topology::feed::DEFAULT_BACKFILL)]
+    #[arg(long, env = "FEEDSTREAM_BACKFILL", default_value_t = feedstream_core::feed::DEFAULT_BACKFILL)]
     pub backfill: usize,
     /// Authors with more followers than this are not fanned out on write; their posts
     /// are merged into followers' feeds at read time.
-    #[arg(long, env = "FEEDSTREAM_CELEBRITY_THRESHOLD", default_value_t = feedstream_topology::feed::DEFAULT_CELEBRITY_THRESHOLD)]
+    #[arg(long, env = "FEEDSTREAM_CELEBRITY_THRESHOLD", default_value_t = feedstream_core::feed::DEFAULT_CELEBRITY_THRESHOLD)]
     pub celebrity_threshold: u64,
     /// Most input records per processing batch (one commit each).
     #[arg(long, env = "FEEDSTREAM_PROCESS_BATCH_RECORDS", default_value_t = 500)]

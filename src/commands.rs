@@ -3,15 +3,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use feedstream_api::publisher::EventPublisher;
 use feedstream_api::{ApiMetrics, ApiState};
-use feedstream_sinks::{FeedCache, FeedReader, ReadMetrics, SinkMetrics, SinkSettings};
-use feedstream_topology::feed::FeedRules;
-use feedstream_topology::kafka::KafkaSettings;
-use feedstream_topology::metrics::{FailureMetrics, ProcessorMetrics};
+use feedstream_core::feed::FeedRules;
+use feedstream_core::retry::RetryPolicy;
+use feedstream_kafka::topics::{self, TopicSpec, Topics};
+use feedstream_kafka::FailureMetrics;
+use feedstream_kafka::KafkaSettings;
+use feedstream_read::{FeedCache, FeedReader, ReadMetrics};
+use feedstream_sinks::{SinkMetrics, SinkSettings};
+use feedstream_topology::metrics::ProcessorMetrics;
 use feedstream_topology::processor::ProcessorSettings;
-use feedstream_topology::publisher::EventPublisher;
-use feedstream_topology::retry::RetryPolicy;
-use feedstream_topology::topics::{self, TopicSpec, Topics};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
@@ -77,8 +79,8 @@ async fn execute(
             create_topics(&global, &topics, spec).await
         }
         Command::Migrate => {
-            let pool = feedstream_sinks::connect_postgres(&global.database_url)?;
-            feedstream_sinks::migrate(&pool).await.context(
+            let pool = feedstream_read::connect_postgres(&global.database_url)?;
+            feedstream_read::migrate(&pool).await.context(
                 "PostgreSQL migrations failed (is PostgreSQL running and DATABASE_URL right?)",
             )?;
             println!("migrations applied");
@@ -280,7 +282,7 @@ async fn rebuild_state(
         kafka: kafka(global, RUNTIME_DELIVERY_TIMEOUT),
         topics: topics.clone(),
         state_dir: args.process.state_dir.clone(),
-        store: args.store.name(),
+        store: args.store,
         from_source: args.from_source,
     };
     let source = if args.from_source {
@@ -349,7 +351,7 @@ async fn run_sink(
     metrics: SinkMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let pool = feedstream_sinks::connect_postgres(&global.database_url)?;
+    let pool = feedstream_read::connect_postgres(&global.database_url)?;
     migrate_when_available(&pool, shutdown.clone()).await?;
     let cache = FeedCache::connect(
         &global.redis_url,
@@ -398,23 +400,6 @@ async fn run_processor(
     .context("processor failed")
 }
 
-/// A runtime's failure, and whether starting it again can help.
-trait Retriable: std::fmt::Display {
-    fn is_retriable(&self) -> bool;
-}
-
-impl Retriable for feedstream_topology::processor::ProcessorError {
-    fn is_retriable(&self) -> bool {
-        self.is_retriable()
-    }
-}
-
-impl Retriable for feedstream_sinks::SinkError {
-    fn is_retriable(&self) -> bool {
-        self.is_retriable()
-    }
-}
-
 /// Runs a runtime, and runs it again with backoff after a failure a restart can cure (a
 /// broker or database that timed out while it started or restored): a transient outage
 /// must not end the process. Returns at shutdown, or with the first permanent failure.
@@ -425,7 +410,7 @@ async fn supervised<E, F, Fut>(
     mut start: F,
 ) -> Result<(), E>
 where
-    E: Retriable,
+    E: feedstream_kafka::Retriable,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
 {
@@ -459,7 +444,7 @@ async fn migrate_when_available(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     loop {
-        match feedstream_sinks::migrate(pool).await {
+        match feedstream_read::migrate(pool).await {
             Ok(()) => return Ok(()),
             Err(error) => {
                 tracing::warn!(%error, "PostgreSQL unavailable for migrations; retrying in 2s");
@@ -510,8 +495,8 @@ async fn prepare_api(
             global.brokers
         )
     })?;
-    let pool = feedstream_sinks::connect_postgres(&global.database_url)?;
-    if let Err(error) = feedstream_sinks::migrate(&pool).await {
+    let pool = feedstream_read::connect_postgres(&global.database_url)?;
+    if let Err(error) = feedstream_read::migrate(&pool).await {
         tracing::warn!(%error, "PostgreSQL unavailable for migrations; feed reads answer 503 until it is back");
     }
     let cache = FeedCache::connect(

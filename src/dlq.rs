@@ -2,11 +2,11 @@
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, TimeZone, Utc};
-use feedstream_topology::dead_letter::{
+use feedstream_kafka::dead_letter::{
     read_dead_letters, replay, DeadLetterFilter, StoredDeadLetter,
 };
-use feedstream_topology::kafka::{self, KafkaSettings};
-use feedstream_topology::topics::Topics;
+use feedstream_kafka::topics::Topics;
+use feedstream_kafka::{self as kafka, KafkaSettings};
 use tokio::sync::watch;
 
 use crate::cli::{DlqCommand, DlqFilterArgs};

@@ -299,13 +299,13 @@ async fn writes_answer_503_in_bounded_time_when_the_broker_is_gone() -> anyhow::
     // The broker comes back: writes succeed again, and the end of the outage is one
     // line with its length and failed attempts.
     broker.start_stopped().await?;
-    common::eventually(
+    feedstream_harness::eventually(
         Duration::from_secs(60),
         "a write to succeed again",
         || async { Ok(write().await?.status() == StatusCode::ACCEPTED) },
     )
     .await?;
-    common::eventually(
+    feedstream_harness::eventually(
         Duration::from_secs(30),
         "the end of the outage to be logged",
         || async { Ok(log_lines("Kafka broker reachable again") >= 1) },

@@ -13,14 +13,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::{
-    envelope, eventually, free_port, group_lag, kill, metric, postgres_feeds, terminate, user,
-    Deployment, Engines, InputProducer,
-};
-use feedstream_topology::event::{Envelope, EventBody};
-use feedstream_topology::ids::{PostId, SnowflakeGenerator};
-use feedstream_topology::model::{compare, expected_feeds};
-use feedstream_topology::topics::Topics;
+use common::{envelope, group_lag, postgres_feeds, user, Deployment, Engines, InputProducer};
+use feedstream_core::event::{Envelope, EventBody};
+use feedstream_core::ids::{PostId, SnowflakeGenerator};
+use feedstream_core::model::{compare, expected_feeds};
+use feedstream_harness::{eventually, free_port, kill, metric, terminate};
+use feedstream_kafka::topics::Topics;
 use tokio::process::Child;
 
 const PARTITIONS: u32 = 4;

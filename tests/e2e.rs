@@ -6,8 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, group_caught_up, Client, Deployment, Engines};
-use feedstream_topology::model::{compare, expected_feeds};
+use common::{group_caught_up, Client, Deployment, Engines};
+use feedstream_core::model::{compare, expected_feeds};
+use feedstream_harness::eventually;
 use rdkafka::ClientConfig;
 
 const BACKFILL: usize = 100;

@@ -6,8 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, free_port, metric, terminate, Client, Deployment, Engines};
-use feedstream_topology::model::{compare, expected_feeds};
+use common::{Client, Deployment, Engines};
+use feedstream_core::model::{compare, expected_feeds};
+use feedstream_harness::{eventually, free_port, metric, terminate};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 /// Content the test's PostgreSQL trigger refuses, as a constraint added by an operator

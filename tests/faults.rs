@@ -21,15 +21,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use common::{
-    await_delivery, envelope, eventually, free_port, group_caught_up, group_lag, kill, metric,
-    poll_until, postgres_feeds, user, Deployment, Engines, InputProducer, PrivateKafka,
+    await_delivery, envelope, group_caught_up, group_lag, postgres_feeds, user, Deployment,
+    Engines, InputProducer, PrivateKafka,
 };
-use feedstream_topology::dead_letter::read_dead_letters;
-use feedstream_topology::event::{Envelope, EventBody, ENVELOPE_VERSION};
-use feedstream_topology::ids::{EventId, PostId, SnowflakeGenerator, UserId};
-use feedstream_topology::kafka::KafkaSettings;
-use feedstream_topology::model::{compare, expected_feeds};
-use feedstream_topology::topics::Topics;
+use feedstream_core::event::{Envelope, EventBody, ENVELOPE_VERSION};
+use feedstream_core::ids::{EventId, PostId, SnowflakeGenerator, UserId};
+use feedstream_core::model::{compare, expected_feeds};
+use feedstream_harness::{eventually, free_port, kill, metric, poll_until};
+use feedstream_kafka::dead_letter::read_dead_letters;
+use feedstream_kafka::topics::Topics;
+use feedstream_kafka::KafkaSettings;
+use feedstream_read::layout;
 use rdkafka::producer::DeliveryFuture;
 use tokio::process::Child;
 
@@ -439,14 +441,15 @@ async fn check_redis(
 ) -> anyhow::Result<(usize, usize, usize)> {
     let client = redis::Client::open(deployment.redis_url.as_str())?;
     let mut redis = client.get_multiplexed_async_connection().await?;
-    let pattern = format!("{}feed:*", deployment.redis_prefix);
+    let pattern = layout::feed_key_pattern(&deployment.redis_prefix);
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(&pattern)
         .query_async(&mut redis)
         .await?;
     let (mut lost, mut phantom) = (0, 0);
     for key in &keys {
-        let owner: i64 = key.rsplit(':').next().unwrap_or_default().parse()?;
+        let owner = layout::owner_of_feed_key(&deployment.redis_prefix, key)
+            .ok_or_else(|| anyhow::anyhow!("{key} is not a feed key"))?;
         let members: Vec<String> = redis::cmd("ZRANGE")
             .arg(key)
             .arg(0)
@@ -455,12 +458,15 @@ async fn check_redis(
             .await?;
         let cached: BTreeSet<i64> = members
             .iter()
-            .map(|member| member.parse())
+            .map(|member| {
+                layout::post_id_of(member)
+                    .ok_or_else(|| anyhow::anyhow!("{member} in {key} is not a post id"))
+            })
             .collect::<Result<_, _>>()?;
         assert!(cached.len() <= CACHE_CAP, "{key} holds {}", cached.len());
         let floor: Option<String> = redis::cmd("HGET")
-            .arg(format!("{}feedmeta:{owner}", deployment.redis_prefix))
-            .arg("f")
+            .arg(layout::meta_key(&deployment.redis_prefix, owner))
+            .arg(layout::FLOOR)
             .query_async(&mut redis)
             .await?;
         let floor: i64 = floor
@@ -722,7 +728,7 @@ async fn feeds_stay_exact_through_crashes_outages_and_poison() -> anyhow::Result
         brokers: deployment.brokers.clone(),
         delivery_timeout: Duration::from_secs(30),
         debug: None,
-        fetch_wait: feedstream_topology::kafka::DEFAULT_FETCH_WAIT,
+        fetch_wait: feedstream_kafka::DEFAULT_FETCH_WAIT,
         consumer_properties: Vec::new(),
     };
     let letters = tokio::task::block_in_place(|| read_dead_letters(&kafka, &topics))?;

@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{Client, Deployment, Engines};
-use feedstream_topology::ids::PostId;
-use feedstream_topology::model::{compare, expected_feeds};
+use feedstream_core::ids::PostId;
+use feedstream_core::model::{compare, expected_feeds};
+use feedstream_read::layout;
 
 const USERS: u64 = 40;
 const BACKFILL: usize = 10;
@@ -275,7 +276,7 @@ async fn paginated_feeds_equal_the_model_across_fanout_modes_deletions_and_the_c
         .events
         .iter()
         .filter_map(|event| match event.body {
-            feedstream_topology::event::EventBody::PostDeleted { post_id } => Some(post_id),
+            feedstream_core::event::EventBody::PostDeleted { post_id } => Some(post_id),
             _ => None,
         })
         .collect();
@@ -291,7 +292,7 @@ async fn paginated_feeds_equal_the_model_across_fanout_modes_deletions_and_the_c
         .get_multiplexed_async_connection()
         .await?;
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}feed:*", deployment.redis_prefix))
+        .arg(layout::feed_key_pattern(&deployment.redis_prefix))
         .query_async(&mut redis)
         .await?;
     assert!(!keys.is_empty(), "no feed is cached");
@@ -308,7 +309,9 @@ async fn paginated_feeds_equal_the_model_across_fanout_modes_deletions_and_the_c
             members.len()
         );
         for member in members {
-            let id: PostId = member.trim_start_matches('0').parse()?;
+            let id = layout::post_id_of(&member)
+                .and_then(|id| PostId::new(u64::try_from(id).ok()?).ok())
+                .ok_or_else(|| anyhow::anyhow!("{member} in {key} is not a post id"))?;
             assert!(
                 !deleted.contains(&id),
                 "deleted post {id} still cached in {key}"

@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{eventually, Client, Deployment, Engines};
+use common::{Client, Deployment, Engines};
+use feedstream_harness::eventually;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 

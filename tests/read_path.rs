@@ -11,10 +11,8 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{Deployment, Engines};
-use feedstream_sinks::{
-    connect_postgres, migrate, FeedCache, FeedReader, PageRequest, ReadMetrics,
-};
-use feedstream_topology::ids::{PostId, UserId};
+use feedstream_core::ids::{PostId, UserId};
+use feedstream_read::{connect_postgres, migrate, FeedCache, FeedReader, PageRequest, ReadMetrics};
 use sqlx::PgPool;
 
 /// One feed as the sink would have stored it.

@@ -5,10 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{
-    eventually, free_port, metric, terminate, topic_records, Client, Deployment, Engines,
-};
-use feedstream_topology::model::{compare, expected_feeds};
+use common::{topic_records, Client, Deployment, Engines};
+use feedstream_core::model::{compare, expected_feeds};
+use feedstream_harness::{eventually, free_port, metric, terminate};
 
 const BACKFILL: usize = 100;
 const USERS: [u64; 8] = [1, 2, 3, 4, 5, 6, 7, 8];

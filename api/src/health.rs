@@ -1,8 +1,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use feedstream_sinks::FeedReader;
-use feedstream_topology::publisher::EventPublisher;
+use crate::publisher::EventPublisher;
+use feedstream_read::FeedReader;
 use serde::Serialize;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);

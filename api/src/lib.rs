@@ -1,9 +1,10 @@
-//! The request plane: validate, publish one event, answer. Reads come from the sinks'
-//! read side. Nothing here fans out or writes feed data.
+//! The request plane: validate, publish one event, answer. Reads come from the read
+//! path (`feedstream-read`). Nothing here fans out or writes feed data.
 
 mod error;
 mod health;
 mod metrics;
+pub mod publisher;
 mod routes;
 
 /// What `api` and `run` print on stdout once they listen, followed by the base URL:

@@ -2,10 +2,10 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
-use feedstream_sinks::{FeedPage, FeedReader, PageRequest};
-use feedstream_topology::event::{validate_content, Envelope, EventBody};
-use feedstream_topology::ids::{PostId, UserId};
-use feedstream_topology::publisher::{EventPublisher, PublishError};
+use crate::publisher::{EventPublisher, PublishError};
+use feedstream_core::event::{validate_content, Envelope, EventBody};
+use feedstream_core::ids::{PostId, UserId};
+use feedstream_read::{FeedPage, FeedReader, PageRequest};
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -263,7 +263,7 @@ async fn delete_post(
     ))
 }
 
-fn storage_unavailable(error: feedstream_sinks::SinkError) -> Rejection {
+fn storage_unavailable(error: feedstream_read::StorageError) -> Rejection {
     tracing::error!(%error, "storage read failed");
     reject(ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,

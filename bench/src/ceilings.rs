@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use feedstream_topology::event::EVENT_ID_HEADER;
-use feedstream_topology::kafka::{self, KafkaFailure, KafkaSettings, OutboundRecord, Outbox};
-use feedstream_topology::topics::{create_topics, TopicSpec, Topics};
+use feedstream_core::event::EVENT_ID_HEADER;
+use feedstream_kafka::topics::{create_topics, TopicSpec, Topics};
+use feedstream_kafka::{self as kafka, KafkaFailure, KafkaSettings, OutboundRecord, Outbox};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]

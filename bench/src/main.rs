@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use feedstream_topology::kafka::KafkaSettings;
+use feedstream_kafka::KafkaSettings;
 use tokio::process::Child;
 
+use feedstream_harness::Scrape;
 use graph::{Graph, Op};
 use load::{closed_loop, Target};
 use report::{Ceilings, Phase, PhaseCpu, ProcessorCost, Report, Workload};
-use system::{Component, CpuSnapshot, Feedstream, Scrape};
+use system::{Component, CpuSnapshot, Feedstream};
 
 #[derive(Debug, Parser)]
 #[command(name = "feedstream-bench", version)]
@@ -75,6 +76,8 @@ struct Args {
 
 /// How long any phase may take to drain before the bench gives up.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(900);
+/// How often the bench polls for a condition.
+const POLL: Duration = Duration::from_millis(100);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -87,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
         brokers: args.brokers.clone(),
         delivery_timeout: Duration::from_secs(300),
         debug: None,
-        fetch_wait: feedstream_topology::kafka::DEFAULT_FETCH_WAIT,
+        fetch_wait: feedstream_kafka::DEFAULT_FETCH_WAIT,
         consumer_properties: Vec::new(),
     };
     let mut bench = Bench::new(&args, &work, &redis_prefix)?;
@@ -176,7 +179,10 @@ impl Bench {
             "no feedstream binary at {}",
             binary.display()
         );
-        let (process_port, sink_port) = (system::free_port()?, system::free_port()?);
+        let (process_port, sink_port) = (
+            feedstream_harness::free_port()?,
+            feedstream_harness::free_port()?,
+        );
         let state_dir = work.join("state");
         let env = vec![
             ("FEEDSTREAM_BROKERS", args.brokers.clone()),
@@ -257,7 +263,7 @@ impl Bench {
     /// made durable every feed change the processor produced.
     async fn await_drained(&self) -> anyhow::Result<()> {
         let accepted = self.accepted as f64;
-        system::wait_until(DRAIN_DEADLINE, "the pipeline to drain", || async {
+        feedstream_harness::poll_until(DRAIN_DEADLINE, POLL, "the pipeline to drain", || async {
             let processor = self.scrape(&self.process_url).await?;
             let sink = self.scrape(&self.sink_url).await?;
             Ok(processor.sum("processor_records_total", "") >= accepted

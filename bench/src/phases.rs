@@ -12,7 +12,9 @@ use tokio::sync::watch;
 use crate::graph::{Graph, Op};
 use crate::load::{self, closed_loop, Target};
 use crate::report::{Materialization, Phase, RatePoint, Reads, Restore, Visibility};
-use crate::system::{self, Scrape};
+use feedstream_harness::Scrape;
+
+use crate::system;
 use crate::{say, Args, Bench, Ceilings, DRAIN_DEADLINE};
 
 const POSTGRES: &str = "sink=\"postgres\"";
@@ -28,7 +30,11 @@ impl Bench {
         target: &Target,
         ceilings: &Ceilings,
     ) -> anyhow::Result<Reads> {
-        delete_keys(&self.redis_url, &format!("{}feed:*", self.redis_prefix)).await?;
+        delete_keys(
+            &self.redis_url,
+            &feedstream_read::layout::feed_key_pattern(&self.redis_prefix),
+        )
+        .await?;
         let users = args.users as usize;
         self.reads(target, ceilings, move |i| {
             (i < users).then_some(Op::Read { user: i as u64 + 1 })
@@ -182,14 +188,19 @@ impl Bench {
     }
 
     pub(crate) async fn await_tasks(&self, partitions: i32) -> anyhow::Result<()> {
-        system::wait_until(DRAIN_DEADLINE, "the processor to run its tasks", || async {
-            Ok(self
-                .scrape(&self.process_url)
-                .await
-                .map(|metrics| metrics.sum("processor_active_tasks", ""))
-                .unwrap_or(0.0)
-                >= f64::from(partitions))
-        })
+        feedstream_harness::poll_until(
+            DRAIN_DEADLINE,
+            crate::POLL,
+            "the processor to run its tasks",
+            || async {
+                Ok(self
+                    .scrape(&self.process_url)
+                    .await
+                    .map(|metrics| metrics.sum("processor_active_tasks", ""))
+                    .unwrap_or(0.0)
+                    >= f64::from(partitions))
+            },
+        )
         .await
     }
 

@@ -1,14 +1,13 @@
 //! The system under test: `feedstream api`, `process` and `sink` as child processes of
-//! the bench, their `/metrics`, and what /proc says of every process's CPU time and
+//! the bench, and what /proc says of every process's CPU time and
 //! memory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// How to run `feedstream`: the binary and the environment every command shares.
@@ -53,102 +52,18 @@ impl Feedstream {
 
     /// Starts `feedstream api` on a free port; returns it with its base URL.
     pub async fn spawn_api(&self) -> anyhow::Result<(Child, String)> {
-        let mut child = self
-            .command(&["api", "--listen", "127.0.0.1:0"], "api.log")?
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().context("api stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let url = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix(feedstream_api::LISTENING_ON) {
-                    return Ok(url.trim().to_string());
-                }
-            }
-            bail!("the api exited before listening; see its log")
-        })
-        .await
-        .context("the api did not listen within 60 s")??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok((child, url))
+        feedstream_harness::serve(self.command(&["api", "--listen", "127.0.0.1:0"], "api.log")?)
+            .await
+            .context("the api did not start; see its log")
     }
-}
-
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Asks a child to stop (SIGTERM) and waits for it.
 pub async fn terminate(child: &mut Child, within: Duration) -> anyhow::Result<()> {
-    let pid = child.id().context("the child already exited")?;
-    let signalled = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await?;
-    anyhow::ensure!(signalled.success(), "kill -TERM {pid} failed");
+    feedstream_harness::terminate(child)?;
     tokio::time::timeout(within, child.wait())
         .await
         .context("the child did not stop in time")??;
-    Ok(())
-}
-
-/// One scrape of a `/metrics` page: every sample by its series (name and labels).
-#[derive(Debug, Default, Clone)]
-pub struct Scrape(BTreeMap<String, f64>);
-
-impl Scrape {
-    /// Scrapes `{base}/metrics`.
-    pub async fn of(http: &reqwest::Client, base: &str) -> anyhow::Result<Scrape> {
-        let text = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        Ok(Scrape::parse(&text))
-    }
-
-    pub fn parse(text: &str) -> Scrape {
-        Scrape(
-            text.lines()
-                .filter(|line| !line.starts_with('#'))
-                .filter_map(|line| {
-                    let (series, value) = line.rsplit_once(' ')?;
-                    Some((series.to_string(), value.parse().ok()?))
-                })
-                .collect(),
-        )
-    }
-
-    /// The sum of every series of metric `name` whose labels contain `label` (e.g.
-    /// `sink="postgres"`; empty: all).
-    pub fn sum(&self, name: &str, label: &str) -> f64 {
-        self.0
-            .iter()
-            .filter(|(series, _)| {
-                let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
-                metric == name && labels.contains(label)
-            })
-            .map(|(_, value)| value)
-            .sum()
-    }
-}
-
-/// Polls `check` every 100 ms until it is true; fails after `deadline`.
-pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let until = Instant::now() + deadline;
-    while !check().await? {
-        if Instant::now() > until {
-            bail!("timed out after {deadline:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     Ok(())
 }
 
@@ -277,24 +192,6 @@ pub fn remove_dir(path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_scrape_sums_series_by_name_and_label() {
-        let scrape = Scrape::parse(
-            "# TYPE sink_feed_changes_applied counter\n\
-             sink_feed_changes_applied_total{sink=\"postgres\"} 10\n\
-             sink_feed_changes_applied_total{sink=\"redis\"} 7\n\
-             sink_feed_changes_applied_total_other 99\n\
-             processor_active_tasks 6\n",
-        );
-        assert_eq!(scrape.sum("sink_feed_changes_applied_total", ""), 17.0);
-        assert_eq!(
-            scrape.sum("sink_feed_changes_applied_total", "sink=\"redis\""),
-            7.0
-        );
-        assert_eq!(scrape.sum("processor_active_tasks", ""), 6.0);
-        assert_eq!(scrape.sum("missing", ""), 0.0);
-    }
 
     #[test]
     fn this_process_has_cpu_time_and_a_peak_rss() {

@@ -1,7 +1,7 @@
 //! Metrics of the sink and of the read path, named by Prometheus conventions (see
-//! `feedstream_topology::metrics`).
+//! `feedstream_kafka::metrics`).
 
-use feedstream_topology::metrics::FailureMetrics;
+use feedstream_kafka::FailureMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -50,36 +50,6 @@ impl SinkMetrics {
             "sink_batch_duration_seconds",
             "Time to write one batch into a store, retries included, by store (postgres, redis)",
             metrics.batch_seconds.clone(),
-        );
-        metrics
-    }
-}
-
-/// Metrics of the read path.
-#[derive(Clone, Default)]
-pub struct ReadMetrics {
-    pub cache_hits: Counter,
-    pub cache_misses: Counter,
-    pub cache_errors: Counter,
-}
-
-impl ReadMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        registry.register(
-            "feed_cache_hits",
-            "Feed pages served from Redis",
-            metrics.cache_hits.clone(),
-        );
-        registry.register(
-            "feed_cache_misses",
-            "Feed pages that had to read PostgreSQL",
-            metrics.cache_misses.clone(),
-        );
-        registry.register(
-            "feed_cache_errors",
-            "Redis failures on the read path (served from PostgreSQL)",
-            metrics.cache_errors.clone(),
         );
         metrics
     }

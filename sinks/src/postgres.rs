@@ -1,55 +1,14 @@
-//! PostgreSQL: the source of truth of posts and feeds.
-
-use std::time::Duration;
+//! The sink's writes to PostgreSQL, the source of truth of posts and feeds: one
+//! transaction per batch.
 
 use chrono::{DateTime, Utc};
-use feedstream_topology::event::FeedChange;
-use feedstream_topology::ids::PostId;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use feedstream_core::event::FeedChange;
+use feedstream_core::ids::PostId;
 use sqlx::{PgPool, Postgres, Transaction};
 
+use feedstream_read::{CacheOp, StorageError};
+
 use crate::SinkError;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-/// A pool that connects lazily, so a process starts (and reports PostgreSQL as down in
-/// its health) while the database is unreachable.
-pub fn connect_postgres(url: &str) -> Result<PgPool, SinkError> {
-    let options: PgConnectOptions = url.parse().map_err(|source| SinkError::Postgres {
-        target: redact(url),
-        source,
-    })?;
-    Ok(PgPoolOptions::new()
-        .max_connections(10)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect_lazy_with(options))
-}
-
-/// Applies the migrations in `migrations/` (idempotent; concurrent runs serialize on
-/// sqlx's advisory lock).
-pub async fn migrate(pool: &PgPool) -> Result<(), SinkError> {
-    MIGRATOR.run(pool).await?;
-    Ok(())
-}
-
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
 
 /// What the sink writes for one record of `post-events`.
 #[derive(Debug, Clone)]
@@ -65,13 +24,6 @@ pub(crate) enum PostWrite {
         author_id: i64,
         deleted_at: DateTime<Utc>,
     },
-}
-
-/// One Redis operation a PostgreSQL write implies, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum CacheOp {
-    Add { owner: i64, post_id: i64 },
-    Remove { owner: i64, post_id: i64 },
 }
 
 /// Consecutive changes of one kind, written with one statement.
@@ -152,9 +104,11 @@ pub(crate) async fn write_batch(
     posts: &[&PostWrite],
     changes: &[&FeedChange],
 ) -> Result<Vec<CacheOp>, SinkError> {
-    let error = |source| SinkError::Postgres {
-        target: target.to_string(),
-        source,
+    let error = |source| {
+        SinkError::from(StorageError::Postgres {
+            target: target.to_string(),
+            source,
+        })
     };
     let mut tx = pool.begin().await.map_err(error)?;
     write_posts(&mut tx, posts).await.map_err(error)?;
@@ -372,19 +326,4 @@ async fn write_run(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_never_reach_messages() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
-    }
 }

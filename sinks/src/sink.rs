@@ -11,20 +11,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use feedstream_topology::dead_letter::{dead_letter, now_ms, Failure, Stage};
-use feedstream_topology::event::{Envelope, EventBody, FeedChange, FeedEvent, InputTopic};
-use feedstream_topology::kafka::{
-    self, GroupConsumer, InputRecord, KafkaSettings, MembershipChange, TopicPartition,
+use feedstream_core::event::{Envelope, EventBody, FeedChange, FeedEvent, InputTopic};
+use feedstream_core::retry::RetryPolicy;
+use feedstream_kafka::dead_letter::{dead_letter, now_ms, Failure, Stage};
+use feedstream_kafka::topics::{verify_layout, Topics};
+use feedstream_kafka::{
+    self as kafka, GroupConsumer, InputRecord, KafkaSettings, MembershipChange, TopicPartition,
 };
-use feedstream_topology::retry::RetryPolicy;
-use feedstream_topology::topics::{verify_layout, Topics};
+use feedstream_kafka::{retry_transient, Retry};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::cache::FeedCache;
 use crate::metrics::{SinkLabel, POSTGRES, REDIS};
-use crate::postgres::{redact, write_batch, CacheOp, PostWrite};
+use crate::postgres::{write_batch, PostWrite};
 use crate::{SinkError, SinkMetrics};
+use feedstream_read::{redact, CacheOp, FeedCache};
 
 #[derive(Debug, Clone)]
 pub struct SinkSettings {
@@ -141,7 +142,8 @@ impl Writer<'_> {
         };
         self.observe_batch(&POSTGRES, started);
         let started = Instant::now();
-        self.retry("redis", || self.cache.apply(&ops)).await?;
+        self.retry("redis", || async { Ok(self.cache.apply(&ops).await?) })
+            .await?;
         self.observe_batch(&REDIS, started);
         if !dead_letters.is_empty() {
             let outbound: Vec<_> = dead_letters
@@ -261,29 +263,22 @@ impl Writer<'_> {
     /// Retries a step while its failures are transient, with the policy's backoff.
     /// Consumption waits meanwhile: nothing after the batch is read, nothing is skipped.
     /// Gives up only at shutdown (the batch stays uncommitted).
-    async fn retry<T, F, Fut>(&self, r#type: &'static str, mut step: F) -> Result<T, SinkError>
+    async fn retry<T, F, Fut>(&self, r#type: &'static str, step: F) -> Result<T, SinkError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, SinkError>>,
     {
-        let mut attempt: u32 = 0;
-        loop {
-            match step().await {
-                Ok(value) => return Ok(value),
-                Err(error) if error.is_retriable() && !*self.shutdown.borrow() => {
-                    attempt += 1;
-                    self.metrics.failures.retried(r#type);
-                    let delay = self.settings.retry.delay(attempt);
-                    tracing::warn!(%error, attempt, ?delay, "transient {type} failure; retrying");
-                    let mut shutdown = self.shutdown.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        let failures = &self.metrics.failures;
+        retry_transient(
+            &self.settings.retry,
+            &self.shutdown,
+            |retry: Retry<'_, SinkError>| {
+                failures.retried(r#type);
+                tracing::warn!(error = %retry.error, attempt = retry.attempt, delay = ?retry.delay, "transient {type} failure; retrying");
+            },
+            step,
+        )
+        .await
     }
 }
 
@@ -298,7 +293,7 @@ fn decode<'r>(
     let mut dead_letters = Vec::new();
     for record in records {
         let payload = record.payload.as_deref().unwrap_or_default();
-        if record.topic == topics.post_events {
+        if topics.input_of(&record.topic) == Some(InputTopic::PostEvents) {
             // Invalid input events are the processor's to dead-letter; here they are
             // simply not posts.
             let Ok(event) =

@@ -134,7 +134,7 @@ fn decode_post(key: &[u8], value: &[u8]) -> Result<AuthoredPost, StoreError> {
         .and_then(|tail| <[u8; 8]>::try_from(tail).ok())
         .map(u64::from_be_bytes)
         .ok_or(StoreError::MalformedKey {
-            store: crate::AUTHOR_POSTS_STORE,
+            store: crate::StoreName::AuthorPosts,
             len: key.len(),
         })?;
     let value: PostValue = decode_value(value)?;

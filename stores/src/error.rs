@@ -4,6 +4,7 @@ use thiserror::Error;
 /// closed and rebuilt from its changelog rather than written to again.
 #[derive(Debug, Error)]
 pub enum StoreError {
+    #[cfg(feature = "rocksdb")]
     #[error("RocksDB error in store at {path}: {source}")]
     RocksDb {
         path: String,
@@ -23,7 +24,7 @@ pub enum StoreError {
     #[error("stored value could not be decoded: {0}")]
     Decode(#[from] postcard::Error),
     #[error("malformed key of {len} bytes in store {store}")]
-    MalformedKey { store: &'static str, len: usize },
+    MalformedKey { store: crate::StoreName, len: usize },
 }
 
 impl StoreError {

@@ -118,7 +118,7 @@ fn follower_of(key: &[u8]) -> Result<u64, StoreError> {
         .and_then(|tail| <[u8; 8]>::try_from(tail).ok())
         .map(u64::from_be_bytes)
         .ok_or(StoreError::MalformedKey {
-            store: crate::FOLLOWERS_STORE,
+            store: crate::StoreName::Followers,
             len: key.len(),
         })
 }

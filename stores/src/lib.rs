@@ -12,6 +12,8 @@ mod error;
 mod followers;
 mod kv;
 mod memory;
+mod name;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 
 pub use author_posts::{AuthorPostsStore, AuthoredPost};
@@ -21,9 +23,6 @@ pub use error::StoreError;
 pub use followers::{Follower, FollowerStore};
 pub use kv::{Entry, KeyValueStore, StoreDigest};
 pub use memory::InMemoryStore;
+pub use name::{StoreName, UnknownStore};
+#[cfg(feature = "rocksdb")]
 pub use rocks::RocksDbStore;
-
-/// Name of the follower store (followee → followers, with a count).
-pub const FOLLOWERS_STORE: &str = "followers";
-/// Name of the author-posts store (author → post ids, with deletions).
-pub const AUTHOR_POSTS_STORE: &str = "author-posts";

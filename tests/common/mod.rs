@@ -8,9 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use feedstream_topology::event::{Envelope, EventBody, ENVELOPE_VERSION};
-use feedstream_topology::ids::{id_timestamp_ms, EventId, PostId, UserId};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use feedstream_core::event::{Envelope, EventBody, ENVELOPE_VERSION};
+use feedstream_core::ids::{id_timestamp_ms, EventId, PostId, UserId};
 use tokio::process::{Child, Command};
 
 /// Where the engines are; set by scripts/test.sh.
@@ -169,23 +168,8 @@ impl Deployment {
 
     /// Starts `command` (from [`Self::command`], adjusted) and returns it once it listens,
     /// with its base URL.
-    pub async fn serve(&self, mut command: Command) -> anyhow::Result<(Child, String)> {
-        let mut child = command.stdout(Stdio::piped()).spawn()?;
-        let stdout = child.stdout.take().context("api stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let url = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix(feedstream_api::LISTENING_ON) {
-                    return Ok(url.trim().to_string());
-                }
-            }
-            bail!("api exited before listening")
-        })
-        .await
-        .context("api did not start listening within 60s")??;
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok((child, url))
+    pub async fn serve(&self, command: Command) -> anyhow::Result<(Child, String)> {
+        feedstream_harness::serve(command).await
     }
 }
 
@@ -404,7 +388,7 @@ impl Client {
         let until = tokio::time::Instant::now() + deadline;
         loop {
             let observed = self.feeds(owners).await?;
-            let clean = feedstream_topology::model::compare(expected, &observed).is_clean();
+            let clean = feedstream_core::model::compare(expected, &observed).is_clean();
             if clean || tokio::time::Instant::now() > until {
                 return Ok(observed);
             }
@@ -446,7 +430,7 @@ pub fn user(id: u64) -> UserId {
 /// An envelope with the next id of `ids`, as the API would build it; `body` gets the
 /// event's id (a post's id is its event's).
 pub fn envelope(
-    ids: &feedstream_topology::ids::SnowflakeGenerator,
+    ids: &feedstream_core::ids::SnowflakeGenerator,
     actor: u64,
     body: impl FnOnce(EventId) -> EventBody,
 ) -> Envelope {
@@ -495,7 +479,7 @@ impl InputProducer {
         let mut headers = OwnedHeaders::new();
         if let Some(id) = &id {
             headers = headers.insert(Header {
-                key: feedstream_topology::event::EVENT_ID_HEADER,
+                key: feedstream_core::event::EVENT_ID_HEADER,
                 value: Some(id.as_str()),
             });
         }
@@ -512,7 +496,7 @@ impl InputProducer {
     /// acknowledgement.
     pub async fn send_events(
         &self,
-        topics: &feedstream_topology::topics::Topics,
+        topics: &feedstream_kafka::topics::Topics,
         events: &[Envelope],
     ) -> anyhow::Result<()> {
         let mut in_flight = std::collections::VecDeque::new();
@@ -634,7 +618,7 @@ impl PrivateKafka {
         for id in ids {
             let log = self.dir.path().join(format!("node-{id}/logs/server.log"));
             let port = self.port(*id)?;
-            eventually(
+            feedstream_harness::eventually(
                 Duration::from_secs(120),
                 &format!("Kafka node {id} to start"),
                 || {
@@ -777,12 +761,6 @@ pub async fn postgres_feeds(pool: &sqlx::PgPool) -> anyhow::Result<BTreeMap<User
     Ok(feeds)
 }
 
-pub async fn kill(child: &mut Child) -> anyhow::Result<()> {
-    child.start_kill()?;
-    child.wait().await?;
-    Ok(())
-}
-
 /// How many records `topic` holds, and how many offsets they span: fewer records than
 /// offsets means the log was compacted (or records were deleted).
 pub fn topic_records(brokers: &str, topic: &str) -> anyhow::Result<(u64, i64)> {
@@ -829,67 +807,4 @@ pub fn topic_records(brokers: &str, topic: &str) -> anyhow::Result<(u64, i64)> {
         }
     }
     Ok((records, span))
-}
-
-/// Asks a process to stop gracefully (SIGTERM).
-pub fn terminate(child: &Child) -> anyhow::Result<()> {
-    let pid = child
-        .id()
-        .ok_or_else(|| anyhow::anyhow!("process already exited"))?;
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
-    Ok(())
-}
-
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// The sum of every sample of `name` (all label sets) on a /metrics page.
-pub async fn metric(port: u16, name: &str) -> anyhow::Result<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|line| line.starts_with(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
-
-/// Polls `check` until it returns true or `deadline` passes.
-pub async fn eventually<F, Fut>(deadline: Duration, what: &str, check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    poll_until(deadline, Duration::from_millis(200), what, check).await
-}
-
-/// Calls `check` every `interval` until it returns true or `deadline` passes.
-pub async fn poll_until<F, Fut>(
-    deadline: Duration,
-    interval: Duration,
-    what: &str,
-    mut check: F,
-) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > until {
-            bail!("timed out after {deadline:?} waiting for {what}");
-        }
-        tokio::time::sleep(interval).await;
-    }
 }

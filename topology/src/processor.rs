@@ -12,23 +12,24 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use feedstream_stores::{RocksDbStore, StoreError};
+use feedstream_stores::{RocksDbStore, StoreError, StoreName};
 use tokio::sync::watch;
 
-use crate::dead_letter::{dead_letter, Failure, Stage};
-use crate::event::{
+use crate::metrics::{ProcessorMetrics, StoreLabels, TopicLabel};
+use crate::state::{Checkpoint, StateError, StateOpener};
+use feedstream_core::event::{
     Envelope, FeedChange, FeedEvent, InputTopic, EVENT_ID_HEADER, FEED_EVENT_VERSION,
 };
-use crate::feed::{apply, FeedRules, TaskStores};
-use crate::kafka::{
-    self, Delivered, GroupConsumer, InputRecord, KafkaFailure, KafkaSettings, MembershipChange,
-    OutboundRecord, TopicPartition,
+use feedstream_core::feed::{apply, FeedRules, TaskStores};
+use feedstream_core::retry::RetryPolicy;
+use feedstream_core::stream_time::{self, EmptyInput, Next, StreamTime};
+use feedstream_kafka::dead_letter::{dead_letter, Failure, Stage};
+use feedstream_kafka::topics::{verify_layout, Topics, TopicsError};
+use feedstream_kafka::{
+    self as kafka, Delivered, GroupConsumer, InputRecord, KafkaFailure, KafkaSettings,
+    MembershipChange, OutboundRecord, TopicPartition,
 };
-use crate::metrics::{ProcessorMetrics, StoreLabels, TopicLabel};
-use crate::retry::RetryPolicy;
-use crate::state::{Checkpoint, StateError, StateOpener};
-use crate::stream_time::{self, EmptyInput, Next, StreamTime};
-use crate::topics::{verify_layout, Topics, TopicsError, STORES};
+use feedstream_kafka::{retry_transient, Retry};
 
 #[derive(Debug, Clone)]
 pub struct ProcessorSettings {
@@ -80,12 +81,18 @@ impl ProcessorError {
     }
 }
 
+impl feedstream_kafka::Retriable for ProcessorError {
+    fn is_retriable(&self) -> bool {
+        ProcessorError::is_retriable(self)
+    }
+}
+
 struct Task {
     partition: i32,
     dir: PathBuf,
     stores: TaskStores<RocksDbStore>,
     /// Next changelog offset each store reflects, as acknowledged by the broker.
-    positions: BTreeMap<&'static str, i64>,
+    positions: BTreeMap<StoreName, i64>,
     posts: VecDeque<InputRecord>,
     follows: VecDeque<InputRecord>,
     /// Set while one input is empty and the other waits for it.
@@ -136,7 +143,7 @@ impl Task {
             partition,
         };
         let opened = opener.open(&mut |store, records| {
-            tracing::debug!(task = partition, store, records, "restoring");
+            tracing::debug!(task = partition, %store, records, "restoring");
         })?;
         let mut positions = BTreeMap::new();
         for outcome in &opened.restored {
@@ -152,7 +159,7 @@ impl Task {
             }
             tracing::info!(
                 task = partition,
-                store = outcome.store,
+                store = outcome.store.as_str(),
                 records = outcome.records,
                 seconds = outcome.elapsed.as_secs_f64(),
                 full = outcome.full_restore_reason.as_deref().unwrap_or("no"),
@@ -176,20 +183,19 @@ impl Task {
     /// Syncs the stores and records the changelog positions they reflect.
     fn checkpoint(&mut self, full_flush: bool) -> Result<(), StateError> {
         self.checkpointed = Instant::now();
-        for name in STORES {
-            if let Some(store) = self.stores.store_mut(name) {
-                if full_flush {
-                    store.flush()?;
-                } else {
-                    store.sync_wal()?;
-                }
+        for name in StoreName::ALL {
+            let store = self.stores.store_mut(name);
+            if full_flush {
+                store.flush()?;
+            } else {
+                store.sync_wal()?;
             }
         }
         Checkpoint {
             offsets: self
                 .positions
                 .iter()
-                .map(|(store, offset)| (store.to_string(), *offset))
+                .map(|(store, offset)| (*store, *offset))
                 .collect(),
         }
         .write(&self.dir)
@@ -200,16 +206,15 @@ impl Task {
     }
 
     fn record_sizes(&mut self, metrics: &ProcessorMetrics) {
-        for name in STORES {
-            if let Some(store) = self.stores.store_mut(name) {
-                metrics
-                    .store_size_bytes
-                    .get_or_create(&StoreLabels {
-                        task: self.partition,
-                        store: name,
-                    })
-                    .set(store.approximate_size_bytes() as i64);
-            }
+        for name in StoreName::ALL {
+            let size = self.stores.store_mut(name).approximate_size_bytes();
+            metrics
+                .store_size_bytes
+                .get_or_create(&StoreLabels {
+                    task: self.partition,
+                    store: name.as_str(),
+                })
+                .set(size as i64);
         }
     }
 }
@@ -336,10 +341,13 @@ impl Runtime<'_> {
                 .push(record);
             return;
         };
-        if record.topic == self.settings.topics.post_events {
-            task.posts.push_back(record);
-        } else {
-            task.follows.push_back(record);
+        match self.settings.topics.input_of(&record.topic) {
+            Some(InputTopic::PostEvents) => task.posts.push_back(record),
+            Some(InputTopic::FollowEvents) => task.follows.push_back(record),
+            // The consumer subscribes to the two inputs only.
+            None => {
+                tracing::error!(source = %record.source(), "record of a topic that is no input")
+            }
         }
     }
 
@@ -369,7 +377,7 @@ impl Runtime<'_> {
                 let complete: Vec<i32> = self
                     .assigned
                     .iter()
-                    .filter(|(topic, _)| *topic == topics.post_events)
+                    .filter(|(topic, _)| topics.input_of(topic) == Some(InputTopic::PostEvents))
                     .map(|(_, partition)| *partition)
                     .filter(|partition| {
                         self.assigned
@@ -451,16 +459,23 @@ impl Runtime<'_> {
                     break;
                 }
                 let record = self.next_record(partition, &mut verdicts);
-                let (Some(record), Some(task)) = (record, self.tasks.get_mut(&partition)) else {
+                let (Some((input, record)), Some(task)) = (record, self.tasks.get_mut(&partition))
+                else {
                     continue;
                 };
                 budget -= 1;
-                process_record(self.settings, &self.metrics, task, record, &mut effects).map_err(
-                    |source| ProcessorError::Store {
-                        task: partition,
-                        source,
-                    },
-                )?;
+                process_record(
+                    self.settings,
+                    &self.metrics,
+                    task,
+                    input,
+                    record,
+                    &mut effects,
+                )
+                .map_err(|source| ProcessorError::Store {
+                    task: partition,
+                    source,
+                })?;
                 still_ready.push(partition);
             }
             partitions = still_ready;
@@ -477,7 +492,7 @@ impl Runtime<'_> {
         &mut self,
         partition: i32,
         verdicts: &mut BTreeMap<(i32, InputTopic), bool>,
-    ) -> Option<InputRecord> {
+    ) -> Option<(InputTopic, InputRecord)> {
         let task = self.tasks.get(&partition)?;
         let posts_head = task.posts.front().map(stream_time);
         let follows_head = task.follows.front().map(stream_time);
@@ -520,8 +535,11 @@ impl Runtime<'_> {
         let decision = stream_time::next(posts_head, follows_head, empty, max_idle);
         let task = self.tasks.get_mut(&partition)?;
         let record = match decision {
-            Next::Posts => task.posts.pop_front(),
-            Next::Follows => task.follows.pop_front(),
+            Next::Posts => task.posts.pop_front().map(|r| (InputTopic::PostEvents, r)),
+            Next::Follows => task
+                .follows
+                .pop_front()
+                .map(|r| (InputTopic::FollowEvents, r)),
             Next::Wait | Next::Idle => None,
         };
         if decision == Next::Wait {
@@ -584,20 +602,17 @@ impl Runtime<'_> {
         effects: Effects,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(), ProcessorError> {
-        let mut attempt = 0;
-        let delivered = loop {
-            match kafka::deliver(&self.producer, &effects.outbound).await {
-                Ok(delivered) => break delivered,
-                Err(error) if error.is_retriable() && !*shutdown.borrow() => {
-                    attempt += 1;
-                    self.metrics.failures.retried("kafka");
-                    let delay = self.settings.retry.delay(attempt);
-                    tracing::warn!(%error, attempt, ?delay, "batch not acknowledged by the broker; sending it again");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        };
+        let failures = &self.metrics.failures;
+        let delivered = retry_transient(
+            &self.settings.retry,
+            shutdown,
+            |retry: Retry<'_, KafkaFailure>| {
+                failures.retried("kafka");
+                tracing::warn!(error = %retry.error, attempt = retry.attempt, delay = ?retry.delay, "batch not acknowledged by the broker; sending it again");
+            },
+            || kafka::deliver(&self.producer, &effects.outbound),
+        )
+        .await?;
         if let Err(error) = self.consumer.commit(&effects.commit) {
             self.metrics.failures.retried("kafka");
             tracing::warn!(%error, "offset commit failed; it is retried with the next one");
@@ -620,9 +635,9 @@ impl Runtime<'_> {
     /// Moves each task's changelog positions to what the broker acknowledged, then
     /// checkpoints the tasks that changed, at most once per [`CHECKPOINT_INTERVAL`].
     fn checkpoint_after_commit(&mut self, delivered: &[Delivered]) -> Result<(), ProcessorError> {
-        let changelogs: BTreeMap<String, &'static str> = STORES
-            .iter()
-            .map(|store| (self.settings.topics.changelog(store), *store))
+        let changelogs: BTreeMap<String, StoreName> = StoreName::ALL
+            .into_iter()
+            .map(|store| (self.settings.topics.changelog(store), store))
             .collect();
         let mut touched = BTreeSet::new();
         for record in delivered {
@@ -630,7 +645,7 @@ impl Runtime<'_> {
                 continue;
             };
             if let Some(task) = self.tasks.get_mut(&record.partition) {
-                let position = task.positions.entry(store).or_insert(0);
+                let position = task.positions.entry(*store).or_insert(0);
                 *position = (*position).max(record.offset + 1);
                 touched.insert(record.partition);
             }
@@ -668,16 +683,12 @@ fn process_record(
     settings: &ProcessorSettings,
     metrics: &ProcessorMetrics,
     task: &mut Task,
+    found_on: InputTopic,
     record: InputRecord,
     effects: &mut Effects,
 ) -> Result<(), StoreError> {
     let started = Instant::now();
     let topics = &settings.topics;
-    let found_on = if record.topic == topics.post_events {
-        InputTopic::PostEvents
-    } else {
-        InputTopic::FollowEvents
-    };
     let decoded = Envelope::decode(
         record.payload.as_deref().unwrap_or_default(),
         record.key.as_deref(),

@@ -4,26 +4,23 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use feedstream_stores::{
-    InMemoryStore, KeyValueStore, RocksDbStore, StoreDigest, AUTHOR_POSTS_STORE, FOLLOWERS_STORE,
-};
+use feedstream_stores::{InMemoryStore, KeyValueStore, RocksDbStore, StoreDigest, StoreName};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 
-use crate::event::{Envelope, InputTopic};
-use crate::feed::{apply, FeedRules, TaskStores};
-use crate::kafka::{self, KafkaFailure, KafkaSettings, OutboundRecord, Outbox};
 use crate::processor::task_dir;
 use crate::state::{replay_changelog, Checkpoint, StateError, StateOpener};
-use crate::topics::{verify_layout, Topics, TopicsError};
+use feedstream_core::event::{Envelope, InputTopic};
+use feedstream_core::feed::{apply, FeedRules, TaskStores};
+use feedstream_kafka::topics::{verify_layout, Topics, TopicsError};
+use feedstream_kafka::{self as kafka, KafkaFailure, KafkaSettings, OutboundRecord, Outbox};
 
 #[derive(Debug, Clone)]
 pub struct RebuildSettings {
     pub kafka: KafkaSettings,
     pub topics: Topics,
     pub state_dir: PathBuf,
-    /// `followers` or `author-posts`.
-    pub store: &'static str,
+    pub store: StoreName,
     /// Rebuild by replaying the source topic instead of the changelog.
     pub from_source: bool,
 }
@@ -80,7 +77,7 @@ pub async fn rebuild_state(
             &settings.topics.application_id,
             partition,
         );
-        let path = dir.join(settings.store);
+        let path = dir.join(settings.store.as_str());
         let mut checkpoint = Checkpoint::read(&dir).ok().flatten().unwrap_or_default();
         if path.exists() {
             // Opening takes RocksDB's lock: a running processor makes this fail.
@@ -89,7 +86,7 @@ pub async fn rebuild_state(
                 reason: error.to_string(),
             })?;
             // The checkpoint must stop vouching for the store before it is wiped.
-            if checkpoint.offsets.remove(settings.store).is_some() {
+            if checkpoint.offsets.remove(&settings.store).is_some() {
                 checkpoint.write(&dir)?;
             }
             RocksDbStore::destroy(&path).map_err(StateError::from)?;
@@ -107,9 +104,7 @@ pub async fn rebuild_state(
                 opener.open_store(settings.store, None, &mut |_, n| progress(partition, n))?;
             (store, restored.records, restored.position, 0)
         };
-        checkpoint
-            .offsets
-            .insert(settings.store.to_string(), position);
+        checkpoint.offsets.insert(settings.store, position);
         store.flush().map_err(StateError::from)?;
         checkpoint.write(&dir)?;
         rebuilt.push(RebuiltTask {
@@ -132,8 +127,8 @@ async fn rebuild_from_source(
     progress: &mut dyn FnMut(i32, u64),
 ) -> Result<(RocksDbStore, u64, i64, u64), RebuildError> {
     let (source, found_on) = match settings.store {
-        FOLLOWERS_STORE => (&settings.topics.follow_events, InputTopic::FollowEvents),
-        _ => (&settings.topics.post_events, InputTopic::PostEvents),
+        StoreName::Followers => (&settings.topics.follow_events, InputTopic::FollowEvents),
+        StoreName::AuthorPosts => (&settings.topics.post_events, InputTopic::PostEvents),
     };
     let scratch = tempfile::tempdir().map_err(|source| StateError::File {
         path: "temporary directory".into(),
@@ -142,7 +137,7 @@ async fn rebuild_from_source(
     let target = RocksDbStore::open(path).map_err(StateError::from)?;
     // The other store stays empty: events of one source only write their own store.
     let other = RocksDbStore::open(&scratch.path().join("other")).map_err(StateError::from)?;
-    let (followers, recent) = if settings.store == FOLLOWERS_STORE {
+    let (followers, recent) = if settings.store == StoreName::Followers {
         (target, other)
     } else {
         (other, target)
@@ -170,14 +165,7 @@ async fn rebuild_from_source(
     )?;
 
     let name = settings.store;
-    let store = match name {
-        FOLLOWERS_STORE => stores.store_mut(FOLLOWERS_STORE),
-        _ => stores.store_mut(AUTHOR_POSTS_STORE),
-    }
-    .ok_or(RebuildError::InUse {
-        path: path.display().to_string(),
-        reason: "unknown store".into(),
-    })?;
+    let store = stores.store_mut(name);
 
     // What the changelog holds now, to send only the difference.
     let changelog = settings.topics.changelog(name);
@@ -237,11 +225,10 @@ async fn rebuild_from_source(
     Ok((store, records, position, outbound.len() as u64))
 }
 
-fn into_store(stores: TaskStores<RocksDbStore>, name: &str) -> RocksDbStore {
+fn into_store(stores: TaskStores<RocksDbStore>, name: StoreName) -> RocksDbStore {
     let (followers, recent) = stores.into_stores();
-    if name == FOLLOWERS_STORE {
-        followers
-    } else {
-        recent
+    match name {
+        StoreName::Followers => followers,
+        StoreName::AuthorPosts => recent,
     }
 }

@@ -10,15 +10,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use feedstream_stores::{
-    KeyValueStore, RocksDbStore, StoreError, AUTHOR_POSTS_STORE, FOLLOWERS_STORE,
-};
+use feedstream_stores::{KeyValueStore, RocksDbStore, StoreError, StoreName};
 use rdkafka::consumer::Consumer;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::message::{BorrowedMessage, Message};
 
-use crate::kafka::{self, KafkaFailure, KafkaSettings};
-use crate::topics::Topics;
+use feedstream_kafka::topics::Topics;
+use feedstream_kafka::{self as kafka, KafkaFailure, KafkaSettings, Span};
 
 const CHECKPOINT_FILE: &str = "checkpoint";
 const CHECKPOINT_HEADER: &str = "feedstream-checkpoint v1";
@@ -36,21 +33,12 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("changelog {topic}[{partition}] could not be read to its end ({reached} of {end}): {reason}")]
-    Restore {
-        topic: String,
-        partition: i32,
-        reached: i64,
-        end: i64,
-        reason: String,
-    },
 }
 
 impl StateError {
     pub fn is_retriable(&self) -> bool {
         match self {
             StateError::Kafka(failure) => failure.is_retriable(),
-            StateError::Restore { .. } => true,
             StateError::Store(_) | StateError::File { .. } => false,
         }
     }
@@ -59,7 +47,7 @@ impl StateError {
 /// Changelog offsets (next offset to read) the local stores of one task reflect.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Checkpoint {
-    pub offsets: BTreeMap<String, i64>,
+    pub offsets: BTreeMap<StoreName, i64>,
 }
 
 impl Checkpoint {
@@ -93,7 +81,8 @@ impl Checkpoint {
             if offset < 0 {
                 return Err(format!("negative offset in {line:?}"));
             }
-            offsets.insert(store.to_string(), offset);
+            let store: StoreName = store.parse().map_err(|error| format!("{error}"))?;
+            offsets.insert(store, offset);
         }
         Ok(Self { offsets })
     }
@@ -131,7 +120,7 @@ impl Checkpoint {
 /// What restoring one store did.
 #[derive(Debug, Clone)]
 pub struct Restored {
-    pub store: &'static str,
+    pub store: StoreName,
     pub records: u64,
     pub elapsed: Duration,
     /// Next changelog offset the store now reflects.
@@ -157,7 +146,7 @@ pub struct StateOpener<'a> {
 
 impl StateOpener<'_> {
     /// Opens both stores (RocksDB), restores them, writes a fresh checkpoint.
-    pub fn open(&self, progress: &mut dyn FnMut(&str, u64)) -> Result<OpenedTask, StateError> {
+    pub fn open(&self, progress: &mut dyn FnMut(StoreName, u64)) -> Result<OpenedTask, StateError> {
         let checkpoint = match Checkpoint::read(self.task_dir) {
             Ok(Some(checkpoint)) => Some(checkpoint),
             Ok(None) => None,
@@ -169,21 +158,21 @@ impl StateOpener<'_> {
         // Until restoration completes, no checkpoint may vouch for these stores: a crash
         // in the middle of a full restore must lead to another full restore.
         Checkpoint::remove(self.task_dir)?;
-        let from = |store: &str| {
+        let from = |store: StoreName| {
             checkpoint
                 .as_ref()
-                .and_then(|c| c.offsets.get(store).copied())
+                .and_then(|c| c.offsets.get(&store).copied())
         };
         let (followers, followers_restored) =
-            self.open_store(FOLLOWERS_STORE, from(FOLLOWERS_STORE), progress)?;
-        let (author_posts, recent_restored) =
-            self.open_store(AUTHOR_POSTS_STORE, from(AUTHOR_POSTS_STORE), progress)?;
+            self.open_store(StoreName::Followers, from(StoreName::Followers), progress)?;
+        let (author_posts, recent_restored) = self.open_store(
+            StoreName::AuthorPosts,
+            from(StoreName::AuthorPosts),
+            progress,
+        )?;
         let restored = vec![followers_restored, recent_restored];
         Checkpoint {
-            offsets: restored
-                .iter()
-                .map(|r| (r.store.to_string(), r.position))
-                .collect(),
+            offsets: restored.iter().map(|r| (r.store, r.position)).collect(),
         }
         .write(self.task_dir)?;
         Ok(OpenedTask {
@@ -197,12 +186,12 @@ impl StateOpener<'_> {
     /// the beginning when there is no usable local state.
     pub fn open_store(
         &self,
-        store: &'static str,
+        store: StoreName,
         from: Option<i64>,
-        progress: &mut dyn FnMut(&str, u64),
+        progress: &mut dyn FnMut(StoreName, u64),
     ) -> Result<(RocksDbStore, Restored), StateError> {
         let started = Instant::now();
-        let path = self.task_dir.join(store);
+        let path = self.task_dir.join(store.as_str());
         let changelog = self.topics.changelog(store);
         let restorer = kafka::standalone_consumer(
             self.kafka,
@@ -240,7 +229,7 @@ impl StateOpener<'_> {
             from.unwrap_or(low)
         };
         if let Some(reason) = &reason {
-            tracing::info!(task = self.partition, store, %reason, "restoring the store from the beginning of its changelog");
+            tracing::info!(task = self.partition, store = store.as_str(), %reason, "restoring the store from the beginning of its changelog");
         }
         let records = replay_changelog(
             &restorer,
@@ -296,66 +285,24 @@ pub fn replay_changelog<S: KeyValueStore>(
     kv: &mut S,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, StateError> {
-    if start >= end {
-        return Ok(0);
-    }
-    let failed = |reached: i64, reason: String| StateError::Restore {
-        topic: topic.to_string(),
-        partition,
-        reached,
-        end,
-        reason,
-    };
-    let mut list = TopicPartitionList::new();
-    list.add_partition_offset(topic, partition, Offset::Offset(start))
-        .map_err(|error| failed(start, error.to_string()))?;
-    consumer
-        .assign(&list)
-        .map_err(|error| failed(start, error.to_string()))?;
-    let mut applied = 0u64;
-    let mut next = start;
-    let mut quiet_since = Instant::now();
-    block(|| {
-        while next < end {
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(message)) => {
-                    quiet_since = Instant::now();
-                    let key = message.key().unwrap_or_default();
-                    match message.payload() {
-                        Some(value) => kv.put(key, value)?,
-                        None => kv.delete(key)?,
-                    }
-                    applied += 1;
-                    next = message.offset() + 1;
-                    if applied % 10_000 == 0 {
-                        progress(applied);
-                    }
-                }
-                Some(Err(error)) => return Err(failed(next, error.to_string())),
-                None => {
-                    // Compaction leaves gaps: the position can pass the end without a
-                    // record at end - 1.
-                    if let Ok(position) = consumer.position() {
-                        if let Some(Offset::Offset(at)) = position
-                            .find_partition(topic, partition)
-                            .map(|e| e.offset())
-                        {
-                            next = next.max(at);
-                        }
-                    }
-                    if quiet_since.elapsed() > Duration::from_secs(60) {
-                        return Err(failed(next, "no records for 60 s".into()));
-                    }
-                }
-            }
+    let mut apply = |message: &BorrowedMessage<'_>| -> Result<(), StateError> {
+        let key = message.key().unwrap_or_default();
+        match message.payload() {
+            Some(value) => kv.put(key, value)?,
+            None => kv.delete(key)?,
         }
         Ok(())
-    })?;
-    consumer
-        .unassign()
-        .map_err(|error| failed(next, error.to_string()))?;
-    progress(applied);
-    Ok(applied)
+    };
+    block(|| {
+        kafka::read_span(
+            consumer,
+            topic,
+            partition,
+            Span { start, end },
+            &mut apply,
+            progress,
+        )
+    })
 }
 
 #[cfg(test)]
@@ -367,10 +314,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(Checkpoint::read(dir.path()), Ok(None));
         let checkpoint = Checkpoint {
-            offsets: BTreeMap::from([
-                ("followers".to_string(), 42),
-                ("author-posts".to_string(), 0),
-            ]),
+            offsets: BTreeMap::from([(StoreName::Followers, 42), (StoreName::AuthorPosts, 0)]),
         };
         checkpoint.write(dir.path()).unwrap();
         assert_eq!(Checkpoint::read(dir.path()), Ok(Some(checkpoint)));
@@ -380,6 +324,7 @@ mod tests {
             "garbage\n",
             "feedstream-checkpoint v1\nfollowers x\n",
             "feedstream-checkpoint v1\nfollowers -1\n",
+            "feedstream-checkpoint v1\nfollower 1\n",
         ] {
             std::fs::write(Checkpoint::path(dir.path()), corrupt).unwrap();
             assert!(

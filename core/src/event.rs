@@ -205,7 +205,7 @@ pub fn validate_content(content: &str) -> Result<(), InvalidEvent> {
 
 /// One change to feeds: the value of a `feed-events` record, keyed by
 /// [`FeedChange::key`]. Applying the same change twice has the effect of applying it once.
-/// The schema is `topology/schema/feed-event.schema.json`.
+/// The schema is `core/schema/feed-event.schema.json`.
 ///
 /// A user's feed is the union of the entries added to it (fan-out on write) and, for
 /// every author the user follows, that author's posts merged on read at or above the

@@ -1,6 +1,4 @@
-use feedstream_stores::{
-    ChangeRecord, InMemoryStore, KeyValueStore, AUTHOR_POSTS_STORE, FOLLOWERS_STORE,
-};
+use feedstream_stores::{ChangeRecord, InMemoryStore, KeyValueStore, StoreName};
 use proptest::prelude::*;
 
 use super::*;
@@ -114,7 +112,7 @@ fn crashed_batch(
     stores: &mut TaskStores<InMemoryStore>,
     view: &mut FeedView,
     delivered: &[bool],
-) -> Vec<(&'static str, ChangeRecord)> {
+) -> Vec<(StoreName, ChangeRecord)> {
     stores.drain_changes();
     let mut outputs = Vec::new();
     for event in records {
@@ -129,7 +127,7 @@ fn crashed_batch(
 }
 
 /// The writes of one store, in order.
-fn writes_of(changes: &[(&'static str, ChangeRecord)], store: &str) -> Vec<ChangeRecord> {
+fn writes_of(changes: &[(StoreName, ChangeRecord)], store: StoreName) -> Vec<ChangeRecord> {
     changes
         .iter()
         .filter(|(name, _)| *name == store)
@@ -138,8 +136,8 @@ fn writes_of(changes: &[(&'static str, ChangeRecord)], store: &str) -> Vec<Chang
 }
 
 fn snapshot(stores: &mut TaskStores<InMemoryStore>) -> (InMemoryStore, InMemoryStore) {
-    let followers = stores.store_mut(FOLLOWERS_STORE).unwrap().clone();
-    let recent = stores.store_mut(AUTHOR_POSTS_STORE).unwrap().clone();
+    let followers = stores.store_mut(StoreName::Followers).clone();
+    let recent = stores.store_mut(StoreName::AuthorPosts).clone();
     (followers, recent)
 }
 
@@ -188,15 +186,15 @@ proptest! {
             if index == crashed {
                 let (followers_before, recent_before) = snapshot(&mut stores);
                 let changes = crashed_batch(records, &mut stores, &mut view, &delivered);
-                let restore = |mut store: InMemoryStore, name: &str, keep: &prop::sample::Index| {
+                let restore = |mut store: InMemoryStore, name: StoreName, keep: &prop::sample::Index| {
                     let log = writes_of(&changes, name);
                     for change in log.iter().take(keep.index(log.len() + 1)) {
                         change.apply_to(&mut store).unwrap();
                     }
                     store
                 };
-                let followers = restore(followers_before, FOLLOWERS_STORE, &kept.0);
-                let recent = restore(recent_before, AUTHOR_POSTS_STORE, &kept.1);
+                let followers = restore(followers_before, StoreName::Followers, &kept.0);
+                let recent = restore(recent_before, StoreName::AuthorPosts, &kept.1);
                 stores = TaskStores::new(followers, recent, rules(backfill, threshold));
             }
             for event in records.iter() {
@@ -234,17 +232,17 @@ proptest! {
         let crashed = crash_at.index(batches.len());
         let mut stores = stores(backfill, threshold);
         let mut view = FeedView::default();
-        let mut changelog: Vec<(&'static str, ChangeRecord)> = Vec::new();
+        let mut changelog: Vec<(StoreName, ChangeRecord)> = Vec::new();
         for (index, records) in batches.iter().enumerate() {
             if index == crashed {
                 let changes = crashed_batch(records, &mut stores, &mut view, &delivered);
                 // Each store's changelog kept a prefix of the batch's records; restoring
                 // from the checkpoint re-applies that prefix onto the kept store.
-                for (name, keep) in [(FOLLOWERS_STORE, &kept.0), (AUTHOR_POSTS_STORE, &kept.1)] {
+                for (name, keep) in [(StoreName::Followers, &kept.0), (StoreName::AuthorPosts, &kept.1)] {
                     let log = writes_of(&changes, name);
                     let kept_records = keep.index(log.len() + 1);
                     for change in log.into_iter().take(kept_records) {
-                        change.apply_to(stores.store_mut(name).unwrap()).unwrap();
+                        change.apply_to(stores.store_mut(name)).unwrap();
                         changelog.push((name, change));
                     }
                 }
@@ -258,16 +256,16 @@ proptest! {
         }
         let found = compare(&expected_feeds(&events, backfill), &view.feeds());
         prop_assert!(found.is_clean(), "{}", found);
-        let rebuilt = |name: &str| {
+        let rebuilt = |name: StoreName| {
             let mut store = InMemoryStore::default();
             for (_, change) in changelog.iter().filter(|(s, _)| *s == name) {
                 change.apply_to(&mut store).unwrap();
             }
             store.scan_prefix(&[]).unwrap()
         };
-        let local = |stores: &mut TaskStores<InMemoryStore>, name: &str| stores.store_mut(name).unwrap().scan_prefix(&[]).unwrap();
+        let local = |stores: &mut TaskStores<InMemoryStore>, name: StoreName| stores.store_mut(name).scan_prefix(&[]).unwrap();
         // Every write is re-sent by the replay: each changelog rebuilds its store exactly.
-        for name in [FOLLOWERS_STORE, AUTHOR_POSTS_STORE] {
+        for name in StoreName::ALL {
             prop_assert_eq!(rebuilt(name), local(&mut stores, name), "store {}", name);
         }
     }

@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use feedstream_topology::ids::{PostId, UserId};
+use feedstream_core::ids::{PostId, UserId};
 use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::cache::{CachedPage, FeedCache};
-use crate::{ReadMetrics, SinkError};
+use crate::range::IdRange;
+use crate::redact::redact;
+use crate::{ReadMetrics, StorageError};
 
 /// A post as a feed shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,48 +46,7 @@ pub struct FeedPage {
     pub oldest: Option<PostId>,
 }
 
-/// An id range of one feed, as each source reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct IdRange {
-    /// Exclusive bounds.
-    pub upper: Option<i64>,
-    pub lower: Option<i64>,
-    /// Take the `limit` lowest ids of the range instead of the highest.
-    pub oldest_first: bool,
-    pub limit: usize,
-}
-
-impl IdRange {
-    fn of(request: &PageRequest) -> Self {
-        Self {
-            upper: request.max_id.map(PostId::as_i64),
-            lower: request.since_id.max(request.min_id).map(PostId::as_i64),
-            oldest_first: request.min_id.is_some(),
-            limit: request.limit,
-        }
-    }
-
-    fn is_first_page(&self) -> bool {
-        self.upper.is_none() && self.lower.is_none()
-    }
-
-    /// The range's ids among `sources`, each already in the range's order: the union,
-    /// without repeats, cut to the limit, newest first.
-    fn merge(&self, sources: [Vec<i64>; 2]) -> Vec<i64> {
-        let mut ids: Vec<i64> = sources.into_iter().flatten().collect();
-        ids.sort_unstable();
-        ids.dedup();
-        if self.oldest_first {
-            ids.truncate(self.limit);
-            ids.reverse();
-        } else {
-            ids.reverse();
-            ids.truncate(self.limit);
-        }
-        ids
-    }
-}
-
+/// Reads pages of feeds.
 #[derive(Clone)]
 pub struct FeedReader {
     pool: PgPool,
@@ -98,7 +59,7 @@ impl FeedReader {
     pub fn new(pool: PgPool, database_url: &str, cache: FeedCache, metrics: ReadMetrics) -> Self {
         Self {
             pool,
-            pg_target: crate::postgres::redact(database_url),
+            pg_target: redact(database_url),
             cache,
             metrics,
         }
@@ -106,7 +67,11 @@ impl FeedReader {
 
     /// A page of `user`'s feed: the user's entries (Redis, or PostgreSQL behind it)
     /// merged with the posts merged on read of the authors the user follows.
-    pub async fn page(&self, user: UserId, request: &PageRequest) -> Result<FeedPage, SinkError> {
+    pub async fn page(
+        &self,
+        user: UserId,
+        request: &PageRequest,
+    ) -> Result<FeedPage, StorageError> {
         let range = IdRange::of(request);
         let owner = user.as_i64();
         let (entries, merged) = tokio::try_join!(
@@ -125,7 +90,7 @@ impl FeedReader {
     }
 
     /// The author of `post_id` unless it is unknown or deleted.
-    pub async fn live_post_author(&self, post_id: PostId) -> Result<Option<UserId>, SinkError> {
+    pub async fn live_post_author(&self, post_id: PostId) -> Result<Option<UserId>, StorageError> {
         let author: Option<i64> = sqlx::query_scalar(
             "SELECT author_id FROM posts WHERE post_id = $1 AND deleted_at IS NULL",
         )
@@ -137,7 +102,7 @@ impl FeedReader {
     }
 
     /// Whether PostgreSQL answers, for health checks.
-    pub async fn ping_postgres(&self) -> Result<(), SinkError> {
+    pub async fn ping_postgres(&self) -> Result<(), StorageError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
@@ -145,12 +110,12 @@ impl FeedReader {
             .map_err(|source| self.pg_error(source))
     }
 
-    pub async fn ping_redis(&self) -> Result<(), SinkError> {
+    pub async fn ping_redis(&self) -> Result<(), StorageError> {
         self.cache.ping().await
     }
 
-    fn pg_error(&self, source: sqlx::Error) -> SinkError {
-        SinkError::Postgres {
+    fn pg_error(&self, source: sqlx::Error) -> StorageError {
+        StorageError::Postgres {
             target: self.pg_target.clone(),
             source,
         }
@@ -158,7 +123,7 @@ impl FeedReader {
 
     /// The user's own entries in the range: from Redis when the cached slice covers
     /// it, else from PostgreSQL (filling Redis on a miss).
-    async fn entry_ids(&self, owner: i64, range: &IdRange) -> Result<Vec<i64>, SinkError> {
+    async fn entry_ids(&self, owner: i64, range: &IdRange) -> Result<Vec<i64>, StorageError> {
         match self.cache.page(owner, range).await {
             Ok(CachedPage::Hit {
                 post_ids,
@@ -207,7 +172,11 @@ impl FeedReader {
         }
     }
 
-    async fn stored_entry_ids(&self, owner: i64, range: &IdRange) -> Result<Vec<i64>, SinkError> {
+    async fn stored_entry_ids(
+        &self,
+        owner: i64,
+        range: &IdRange,
+    ) -> Result<Vec<i64>, StorageError> {
         self.ids_in_range(
             "SELECT post_id FROM feeds WHERE user_id = $1 AND post_id < $2 AND post_id > $3 \
              ORDER BY post_id",
@@ -219,7 +188,7 @@ impl FeedReader {
 
     /// Posts merged on read of the authors `owner` follows, at or above each follow's
     /// floor.
-    async fn merged_ids(&self, owner: i64, range: &IdRange) -> Result<Vec<i64>, SinkError> {
+    async fn merged_ids(&self, owner: i64, range: &IdRange) -> Result<Vec<i64>, StorageError> {
         self.ids_in_range(
             "SELECT m.post_id FROM follows f \
              JOIN merged_posts m ON m.author_id = f.author_id AND m.post_id >= f.min_post_id \
@@ -238,7 +207,7 @@ impl FeedReader {
         select: &str,
         owner: i64,
         range: &IdRange,
-    ) -> Result<Vec<i64>, SinkError> {
+    ) -> Result<Vec<i64>, StorageError> {
         let direction = if range.oldest_first { "ASC" } else { "DESC" };
         sqlx::query_scalar(&format!("{select} {direction} LIMIT $4"))
             .bind(owner)
@@ -253,7 +222,7 @@ impl FeedReader {
     /// The posts of `ids`, in that order, leaving out deleted ones and those whose
     /// row has not reached PostgreSQL yet (the sink writes posts and feed entries from
     /// different partitions).
-    async fn hydrate(&self, ids: &[i64]) -> Result<Vec<FeedPost>, SinkError> {
+    async fn hydrate(&self, ids: &[i64]) -> Result<Vec<FeedPost>, StorageError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -281,35 +250,5 @@ impl FeedReader {
                 })
             })
             .collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn range(oldest_first: bool, limit: usize) -> IdRange {
-        IdRange {
-            upper: None,
-            lower: Some(1),
-            oldest_first,
-            limit,
-        }
-    }
-
-    #[test]
-    fn merging_takes_the_right_end_of_the_union_newest_first() {
-        // Newest first: each source gives its highest ids, descending.
-        assert_eq!(
-            range(false, 3).merge([vec![9, 5, 2], vec![8, 5, 4]]),
-            vec![9, 8, 5]
-        );
-        // Oldest first (min_id): each source gives its lowest ids, ascending; the page
-        // is still returned newest first.
-        assert_eq!(
-            range(true, 3).merge([vec![2, 5, 9], vec![4, 5, 8]]),
-            vec![5, 4, 2]
-        );
-        assert_eq!(range(true, 3).merge([vec![], vec![]]), Vec::<i64>::new());
     }
 }

@@ -8,7 +8,7 @@
 
 use feedstream_stores::{
     AuthorPostsStore, ChangeCapture, ChangeRecord, FollowerStore, KeyValueStore, StoreError,
-    AUTHOR_POSTS_STORE, FOLLOWERS_STORE,
+    StoreName,
 };
 
 use crate::event::{Envelope, EventBody, FeedChange};
@@ -55,13 +55,17 @@ impl<S: KeyValueStore> TaskStores<S> {
     }
 
     /// Writes made since the last call, per store, oldest first.
-    pub fn drain_changes(&mut self) -> Vec<(&'static str, ChangeRecord)> {
+    pub fn drain_changes(&mut self) -> Vec<(StoreName, ChangeRecord)> {
         let followers = self.followers.kv_mut().drain_changes();
         let posts = self.author_posts.kv_mut().drain_changes();
         followers
             .into_iter()
-            .map(|change| (FOLLOWERS_STORE, change))
-            .chain(posts.into_iter().map(|change| (AUTHOR_POSTS_STORE, change)))
+            .map(|change| (StoreName::Followers, change))
+            .chain(
+                posts
+                    .into_iter()
+                    .map(|change| (StoreName::AuthorPosts, change)),
+            )
             .collect()
     }
 
@@ -74,11 +78,10 @@ impl<S: KeyValueStore> TaskStores<S> {
     }
 
     /// The underlying store by name, for restoration and digests.
-    pub fn store_mut(&mut self, name: &str) -> Option<&mut S> {
+    pub fn store_mut(&mut self, name: StoreName) -> &mut S {
         match name {
-            FOLLOWERS_STORE => Some(self.followers.kv_mut().inner_mut()),
-            AUTHOR_POSTS_STORE => Some(self.author_posts.kv_mut().inner_mut()),
-            _ => None,
+            StoreName::Followers => self.followers.kv_mut().inner_mut(),
+            StoreName::AuthorPosts => self.author_posts.kv_mut().inner_mut(),
         }
     }
 }

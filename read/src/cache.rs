@@ -1,11 +1,6 @@
 //! Redis holds the newest entries of each feed.
 //!
-//! Layout, per user (behind an optional key prefix):
-//! - `feed:{user}`: sorted set, every score 0, members the post ids zero-padded to 20
-//!   digits, so lexicographic order is id order. (A double score cannot hold a 63-bit id
-//!   exactly; `ZREVRANGEBYLEX` over padded ids is exact.)
-//! - `feedmeta:{user}`: hash with `g`, a generation the sink bumps on every change of the
-//!   feed, and `f`, the floor: every PostgreSQL entry ≥ `f` is in the set (`""`: all).
+//! Layout: see [`crate::layout`].
 //!
 //! The sink only updates sets that exist, so a set is always a complete top slice of
 //! PostgreSQL. A reader that misses fills the set from PostgreSQL only if the generation
@@ -14,9 +9,10 @@
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use crate::postgres::CacheOp;
-use crate::reader::IdRange;
-use crate::SinkError;
+use crate::layout::{self, member};
+use crate::range::IdRange;
+use crate::redact::redact;
+use crate::StorageError;
 
 /// How many entries of each feed Redis holds.
 pub const FEED_CACHE_CAP: usize = 800;
@@ -56,6 +52,13 @@ redis.call('HSET', KEYS[2], 'f', ARGV[2])
 return 1
 "#;
 
+/// One Redis operation a PostgreSQL write implies, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheOp {
+    Add { owner: i64, post_id: i64 },
+    Remove { owner: i64, post_id: i64 },
+}
+
 /// What Redis knows of one feed page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CachedPage {
@@ -66,6 +69,7 @@ pub(crate) enum CachedPage {
     Hit { post_ids: Vec<i64>, complete: bool },
 }
 
+/// The feed cache in Redis: its writes (the sink), page reads and fills (the reader).
 #[derive(Clone)]
 pub struct FeedCache {
     redis: ConnectionManager,
@@ -75,25 +79,21 @@ pub struct FeedCache {
     fill_script: Script,
 }
 
-pub(crate) fn member(post_id: i64) -> String {
-    format!("{post_id:020}")
-}
-
 impl FeedCache {
     /// Connects lazily: the process starts without Redis, and every call fails fast (and
     /// is retried or served from PostgreSQL) until Redis answers.
-    pub fn connect(url: &str, prefix: &str, cap: usize) -> Result<Self, SinkError> {
-        let client = redis::Client::open(url).map_err(SinkError::RedisUrl)?;
+    pub fn connect(url: &str, prefix: &str, cap: usize) -> Result<Self, StorageError> {
+        let client = redis::Client::open(url).map_err(StorageError::RedisUrl)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
             .set_response_timeout(Some(std::time::Duration::from_secs(2)))
             .set_number_of_retries(1);
-        let redis =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(SinkError::RedisUrl)?;
+        let redis = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(StorageError::RedisUrl)?;
         Ok(Self {
             redis,
             prefix: prefix.to_string(),
-            target: crate::postgres::redact(url),
+            target: redact(url),
             cap,
             fill_script: Script::new(FILL),
         })
@@ -101,19 +101,19 @@ impl FeedCache {
 
     fn keys(&self, owner: i64) -> (String, String) {
         (
-            format!("{}feed:{owner}", self.prefix),
-            format!("{}feedmeta:{owner}", self.prefix),
+            layout::feed_key(&self.prefix, owner),
+            layout::meta_key(&self.prefix, owner),
         )
     }
 
-    fn error(&self, source: redis::RedisError) -> SinkError {
-        SinkError::Redis {
+    fn error(&self, source: redis::RedisError) -> StorageError {
+        StorageError::Redis {
             target: self.target.clone(),
             source,
         }
     }
 
-    pub async fn ping(&self) -> Result<(), SinkError> {
+    pub async fn ping(&self) -> Result<(), StorageError> {
         let mut redis = self.redis.clone();
         redis::cmd("PING")
             .query_async::<String>(&mut redis)
@@ -123,7 +123,7 @@ impl FeedCache {
     }
 
     /// Mirrors a committed batch's operations, one atomic script per feed, pipelined.
-    pub(crate) async fn apply(&self, ops: &[CacheOp]) -> Result<(), SinkError> {
+    pub async fn apply(&self, ops: &[CacheOp]) -> Result<(), StorageError> {
         let mut per_feed: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
         for op in ops {
             let (owner, encoded) = match op {
@@ -154,7 +154,11 @@ impl FeedCache {
     }
 
     /// Reads the entries of `range` that the set holds, in the range's order.
-    pub(crate) async fn page(&self, owner: i64, range: &IdRange) -> Result<CachedPage, SinkError> {
+    pub(crate) async fn page(
+        &self,
+        owner: i64,
+        range: &IdRange,
+    ) -> Result<CachedPage, StorageError> {
         let (feed, meta) = self.keys(owner);
         let upper = range
             .upper
@@ -183,8 +187,8 @@ impl FeedCache {
             .arg("LIMIT")
             .arg(0)
             .arg(range.limit)
-            .hget(&meta, "f")
-            .hget(&meta, "g")
+            .hget(&meta, layout::FLOOR)
+            .hget(&meta, layout::GENERATION)
             .query_async(&mut redis)
             .await
             .map_err(|source| self.error(source))?;
@@ -193,7 +197,10 @@ impl FeedCache {
                 generation: generation.unwrap_or_default(),
             });
         }
-        let post_ids: Vec<i64> = members.iter().filter_map(|m| m.parse().ok()).collect();
+        let post_ids: Vec<i64> = members
+            .iter()
+            .filter_map(|m| layout::post_id_of(m))
+            .collect();
         let floor = floor.unwrap_or_default();
         // The set holds every entry ≥ floor. A full newest-first page is therefore
         // exact; otherwise the range must lie above the floor.
@@ -210,7 +217,7 @@ impl FeedCache {
         owner: i64,
         generation: &str,
         newest: &[i64],
-    ) -> Result<bool, SinkError> {
+    ) -> Result<bool, StorageError> {
         if newest.is_empty() {
             return Ok(false);
         }

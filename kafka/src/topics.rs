@@ -10,12 +10,9 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::metadata::Metadata;
 
 use crate::client_log::KafkaContext;
-use crate::event::InputTopic;
-use crate::kafka::{KafkaFailure, KafkaSettings};
-use feedstream_stores::{AUTHOR_POSTS_STORE, FOLLOWERS_STORE};
-
-/// The stores of the feed topology, each with a changelog topic.
-pub const STORES: [&str; 2] = [FOLLOWERS_STORE, AUTHOR_POSTS_STORE];
+use crate::{KafkaFailure, KafkaSettings};
+use feedstream_core::event::InputTopic;
+use feedstream_stores::StoreName;
 
 /// Names of every topic of one deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +38,13 @@ impl Topics {
         }
     }
 
+    /// Which input a topic is, if it is one.
+    pub fn input_of(&self, topic: &str) -> Option<InputTopic> {
+        [InputTopic::PostEvents, InputTopic::FollowEvents]
+            .into_iter()
+            .find(|input| self.input(*input) == topic)
+    }
+
     /// The name of one of the two input topics.
     pub fn input(&self, input: InputTopic) -> &str {
         match input {
@@ -49,7 +53,7 @@ impl Topics {
         }
     }
 
-    pub fn changelog(&self, store: &str) -> String {
+    pub fn changelog(&self, store: StoreName) -> String {
         format!("{}-{store}-changelog", self.application_id)
     }
 
@@ -124,7 +128,7 @@ pub fn check_layout(
     let inputs = [topics.post_events.clone(), topics.follow_events.clone()];
     let mut required = inputs.to_vec();
     if with_changelogs {
-        required.extend(STORES.iter().map(|store| topics.changelog(store)));
+        required.extend(StoreName::ALL.map(|store| topics.changelog(store)));
     }
     // The inputs are judged first: a mismatch between them is the error to report even
     // when other topics are missing too.
@@ -236,7 +240,7 @@ pub async fn create_topics(
         .map(|(key, value)| (key.to_string(), value.to_string()))
         .collect();
     changelog_configs.extend(spec.changelog_configs.iter().cloned());
-    for store in STORES {
+    for store in StoreName::ALL {
         wanted.push(WantedTopic {
             name: topics.changelog(store),
             partitions: spec.partitions,

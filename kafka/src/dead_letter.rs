@@ -4,8 +4,8 @@
 
 use rdkafka::message::{Headers, Message};
 
-use crate::kafka::{self, InputRecord, KafkaFailure, KafkaSettings, OutboundRecord};
 use crate::topics::{partition_counts, Topics};
+use crate::{InputRecord, KafkaFailure, KafkaSettings, OutboundRecord};
 
 /// Which stage refused the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +92,10 @@ pub fn dead_letter(topic: &str, record: &InputRecord, failure: &Failure) -> Outb
         (header::LAST_FAILURE_MS, failure.last_failure_ms.to_string()),
     ];
     if let Some(event_id) = record.event_id {
-        headers.push((crate::event::EVENT_ID_HEADER, event_id.to_string()));
+        headers.push((
+            feedstream_core::event::EVENT_ID_HEADER,
+            event_id.to_string(),
+        ));
     }
     OutboundRecord {
         topic: topic.to_string(),
@@ -191,11 +194,11 @@ pub fn read_dead_letters(
         .get(topic)
         .copied()
         .unwrap_or(0);
-    let consumer = kafka::standalone_consumer(settings, &format!("{}-dlq", topics.application_id))?;
+    let consumer = crate::standalone_consumer(settings, &format!("{}-dlq", topics.application_id))?;
     let mut letters = Vec::new();
     let mut replayed = std::collections::BTreeSet::new();
     for partition in 0..partitions {
-        kafka::read_partition(
+        crate::read_partition(
             &consumer,
             topic,
             partition,
@@ -217,7 +220,7 @@ pub fn read_dead_letters(
                         offset: message.offset(),
                         key: message.key().map(<[u8]>::to_vec),
                         payload: message.payload().map(<[u8]>::to_vec),
-                        event_id: get(crate::event::EVENT_ID_HEADER),
+                        event_id: get(feedstream_core::event::EVENT_ID_HEADER),
                         headers,
                         replayed: false,
                     });
@@ -237,14 +240,14 @@ pub fn read_dead_letters(
 /// replayed in the dead-letter topic, so that a second replay skips it. A crash between
 /// the two publishes it twice, which the topology absorbs (it is idempotent by event).
 pub async fn replay(
-    producer: &kafka::Producer,
+    producer: &crate::Producer,
     topics: &Topics,
     letter: &StoredDeadLetter,
 ) -> Result<(), KafkaFailure> {
     let position = letter.position();
     let mut headers = vec![(header::REPLAY_OF, position.clone())];
     if let Some(event_id) = &letter.event_id {
-        headers.push((crate::event::EVENT_ID_HEADER, event_id.clone()));
+        headers.push((feedstream_core::event::EVENT_ID_HEADER, event_id.clone()));
     }
     let republished = OutboundRecord {
         topic: letter.headers.source_topic.clone(),
@@ -254,7 +257,7 @@ pub async fn replay(
         timestamp: None,
         headers,
     };
-    kafka::deliver(producer, std::slice::from_ref(&republished)).await?;
+    crate::deliver(producer, std::slice::from_ref(&republished)).await?;
     let marker = OutboundRecord {
         topic: topics.dead_letter.clone(),
         partition: Some(letter.partition),
@@ -263,7 +266,7 @@ pub async fn replay(
         timestamp: None,
         headers: vec![(header::REPLAY_OF, position)],
     };
-    kafka::deliver(producer, std::slice::from_ref(&marker)).await?;
+    crate::deliver(producer, std::slice::from_ref(&marker)).await?;
     Ok(())
 }
 

@@ -6,12 +6,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
-use crate::event::{
+use feedstream_core::event::{
     Envelope, EventBody, InputTopic, InvalidEvent, ENVELOPE_VERSION, EVENT_ID_HEADER,
 };
-use crate::ids::{EventId, InvalidNodeId, PostId, SnowflakeGenerator, UserId};
-use crate::kafka::{self, KafkaFailure, KafkaSettings};
-use crate::topics::Topics;
+use feedstream_core::ids::{EventId, InvalidNodeId, PostId, SnowflakeGenerator, UserId};
+use feedstream_kafka::topics::Topics;
+use feedstream_kafka::{self as kafka, KafkaFailure, KafkaSettings};
 
 /// Why an event was not published.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,7 @@ impl EventPublisher {
                 "queue.buffering.max.messages",
                 max_pending.max(1).to_string(),
             )
-            .create_with_context(crate::client_log::KafkaContext)
+            .create_with_context(feedstream_kafka::client_log::KafkaContext)
             .map_err(KafkaFailure::Configuration)?;
         Ok(Self {
             producer,

@@ -1,0 +1,279 @@
+//! A member of a consumer group that hands out batches cut at membership changes and
+//! commits offsets synchronously.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::client_log;
+use crate::membership::{MembershipChange, MembershipContext};
+use crate::metrics::LagLabels;
+use crate::settings::{consumer_config, with_consumer_properties};
+use crate::{InputRecord, KafkaFailure, KafkaSettings, TopicPartition};
+
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub records: Vec<InputRecord>,
+    pub changes: Vec<MembershipChange>,
+}
+
+/// A member of a consumer group with manual, synchronous offset commits.
+pub struct GroupConsumer {
+    consumer: StreamConsumer<MembershipContext>,
+    /// A record that arrived after a membership change: first of the next batch.
+    held: Option<InputRecord>,
+    /// Offsets whose commit failed, committed with the next ones.
+    uncommitted: BTreeMap<TopicPartition, i64>,
+    /// The partitions this member owns, as of the changes handed out so far.
+    assignment: BTreeSet<TopicPartition>,
+}
+
+impl GroupConsumer {
+    /// Joins `group_id` and subscribes to `topics` with Kafka's consumer group protocol
+    /// (KIP-848): the broker assigns, incrementally, so when a member joins or leaves
+    /// only the partitions that move are revoked and assigned, and the others keep
+    /// being processed. Its `range` assignor gives partition i of every topic to the
+    /// same member when the topics have equal partition counts: the co-partitioning the
+    /// processor's tasks rely on. Session timeout and heartbeats are the broker's
+    /// (`group.consumer.*` in deploy/kafka/broker.properties). The lag of each owned
+    /// partition is kept in `lag`, refreshed every few seconds.
+    pub fn join(
+        settings: &KafkaSettings,
+        group_id: &str,
+        client_id: &str,
+        topics: &[&str],
+        lag: Family<LagLabels, Gauge>,
+    ) -> Result<Self, KafkaFailure> {
+        let mut config = consumer_config(settings, client_id);
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("group.protocol", "consumer")
+            .set("group.remote.assignor", "range")
+            // Restoration and retried sink writes happen between polls.
+            .set("max.poll.interval.ms", "300000")
+            // Bounds what librdkafka prefetches (one queue for all partitions) while the
+            // runtime is busy or retrying: memory stays bounded whatever the input rate.
+            .set("queued.max.messages.kbytes", "16384");
+        let context = MembershipContext {
+            changes: Mutex::default(),
+            group: group_id.to_string(),
+            lag,
+        };
+        let consumer: StreamConsumer<MembershipContext> =
+            with_consumer_properties(config, settings)
+                .create_with_context(context)
+                .map_err(KafkaFailure::Configuration)?;
+        consumer
+            .subscribe(topics)
+            .map_err(KafkaFailure::Operation)?;
+        Ok(Self {
+            consumer,
+            held: None,
+            uncommitted: BTreeMap::new(),
+            assignment: BTreeSet::new(),
+        })
+    }
+
+    /// Waits up to `max_wait` for a first record, then takes the records already
+    /// fetched, up to `max_records`, without waiting for more: a record is handed on at
+    /// once when traffic is light, and batches grow by themselves under load (from what
+    /// arrived while the last batch was written). Stops early at a membership change or
+    /// at shutdown. Records of the returned batch all precede its changes.
+    pub async fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Batch {
+        let mut batch = Batch::default();
+        if !self.uncommitted.is_empty() {
+            if let Err(error) = self.commit(&BTreeMap::new()) {
+                tracing::debug!(%error, "earlier offsets still not committed");
+            }
+        }
+        if let Some(record) = self.held.take() {
+            batch.records.push(record);
+        }
+        let deadline = tokio::time::Instant::now() + max_wait;
+        while batch.records.len() < max_records && !*shutdown.borrow() {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() || self.consumer.context().has_changes() {
+                break;
+            }
+            let step = if batch.records.is_empty() {
+                remaining.min(Duration::from_millis(100))
+            } else {
+                Duration::ZERO
+            };
+            tokio::select! {
+                received = tokio::time::timeout(step, self.consumer.recv()) => match received {
+                    Ok(Ok(message)) => {
+                        let record = InputRecord::from_message(&message);
+                        if self.consumer.context().has_changes() {
+                            self.held = Some(record);
+                            break;
+                        }
+                        batch.records.push(record);
+                    }
+                    Ok(Err(error)) => {
+                        if client_log::is_connection_failure(&error) {
+                            tracing::debug!(%error, "consumer error; librdkafka retries");
+                        } else {
+                            tracing::warn!(%error, "consumer error; librdkafka retries");
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    // Nothing more already fetched: hand on what there is.
+                    Err(_) if !batch.records.is_empty() => break,
+                    Err(_) => {}
+                },
+                _ = shutdown.changed() => break,
+            }
+        }
+        batch.changes = self.consumer.context().take();
+        for change in &batch.changes {
+            match change {
+                MembershipChange::Revoked(partitions) => {
+                    for partition in partitions {
+                        self.uncommitted.remove(partition);
+                        self.assignment.remove(partition);
+                    }
+                }
+                MembershipChange::Assigned(partitions) => {
+                    self.assignment.extend(partitions.iter().cloned());
+                }
+            }
+        }
+        // librdkafka hands out no record fetched under an assignment that has since
+        // been revoked, so a record held back at a change belongs to the assignment
+        // that follows it: it is dropped only if its partition is gone (it is then
+        // read again from the committed offset by its next owner). Dropping it because
+        // its partition was revoked *and assigned again* would skip it for good: the
+        // fetch goes on after it.
+        if self.held.as_ref().is_some_and(|held| {
+            !self
+                .assignment
+                .contains(&(held.topic.clone(), held.partition))
+        }) {
+            self.held = None;
+        }
+        if !batch.changes.is_empty() {
+            tracing::debug!(changes = ?batch.changes, "consumer group membership changed");
+        }
+        batch
+    }
+
+    /// Commits `next offset to read` for each partition, with any earlier offsets whose
+    /// commit failed, and waits for the broker. Offsets that fail to commit are kept and
+    /// tried again with the next commit or batch, so a failure is never final while the
+    /// partition stays assigned; until then a restart replays from the older commit.
+    pub fn commit(&mut self, offsets: &BTreeMap<TopicPartition, i64>) -> Result<(), KafkaFailure> {
+        for (partition, offset) in offsets {
+            let pending = self.uncommitted.entry(partition.clone()).or_insert(*offset);
+            *pending = (*pending).max(*offset);
+        }
+        if self.uncommitted.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.uncommitted {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(KafkaFailure::Operation)?;
+        }
+        tokio::task::block_in_place(|| self.consumer.commit(&list, CommitMode::Sync))
+            .map_err(KafkaFailure::Operation)?;
+        self.uncommitted.clear();
+        Ok(())
+    }
+
+    /// Whether this member has read everything the broker holds of each of `partitions`
+    /// of `topic`, asked in one request. The end offsets are asked of the broker at the
+    /// time of the question: a fetch response reads its partitions one after another,
+    /// so the watermark it carried can miss a record stored before a later record of
+    /// another partition. Before the first record arrives the position is unknown; then
+    /// the committed offset (or, without one, the start of the partition) is where
+    /// reading resumes.
+    pub fn caught_up(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        timeout: Duration,
+    ) -> Result<BTreeMap<i32, bool>, KafkaFailure> {
+        let list = |offset: Offset| -> Result<TopicPartitionList, KafkaFailure> {
+            let mut list = TopicPartitionList::new();
+            for partition in partitions {
+                list.add_partition_offset(topic, *partition, offset)
+                    .map_err(KafkaFailure::Operation)?;
+            }
+            Ok(list)
+        };
+        let offsets_of = |list: &TopicPartitionList| -> BTreeMap<i32, i64> {
+            list.elements_for_topic(topic)
+                .into_iter()
+                .filter_map(|element| match element.offset() {
+                    Offset::Offset(offset) => Some((element.partition(), offset)),
+                    _ => None,
+                })
+                .collect()
+        };
+        tokio::task::block_in_place(|| {
+            // A ListOffsets for "latest" (Offset::End, timestamp -1) of every partition.
+            let ends = self
+                .consumer
+                .offsets_for_times(list(Offset::End)?, timeout)
+                .map_err(KafkaFailure::Operation)?;
+            let ends = offsets_of(&ends);
+            let mut positions = self
+                .consumer
+                .position()
+                .map(|positions| offsets_of(&positions))
+                .unwrap_or_default();
+            if partitions.iter().any(|p| !positions.contains_key(p)) {
+                let committed = self
+                    .consumer
+                    .committed_offsets(list(Offset::Invalid)?, timeout)
+                    .map_err(KafkaFailure::Operation)?;
+                for (partition, offset) in offsets_of(&committed) {
+                    positions.entry(partition).or_insert(offset);
+                }
+            }
+            Ok(partitions
+                .iter()
+                .map(|partition| {
+                    let end = ends.get(partition).copied().unwrap_or(i64::MAX);
+                    // Without a position or a committed offset, reading starts at the
+                    // beginning, offset 0 for inputs (they are kept forever).
+                    let resumes_at = positions.get(partition).copied().unwrap_or(0);
+                    (*partition, resumes_at >= end)
+                })
+                .collect())
+        })
+    }
+
+    /// Stops fetching these partitions (the member stays in the group), or resumes.
+    pub fn set_paused(
+        &self,
+        partitions: &[TopicPartition],
+        paused: bool,
+    ) -> Result<(), KafkaFailure> {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            list.add_partition(topic, *partition);
+        }
+        let result = if paused {
+            self.consumer.pause(&list)
+        } else {
+            self.consumer.resume(&list)
+        };
+        result.map_err(KafkaFailure::Operation)
+    }
+}

@@ -1,0 +1,30 @@
+//! Kafka plumbing shared by the API, the processor and the sink: client settings and
+//! logging, the topic layout and its checks, a group consumer that cuts batches at
+//! membership changes, an outbox that waits for every acknowledgement, a reader of one
+//! partition, and dead letters. No feed logic lives here.
+
+pub mod client_log;
+pub mod dead_letter;
+mod failure;
+mod group_consumer;
+mod membership;
+pub mod metrics;
+mod outbox;
+mod partition_reader;
+mod record;
+pub mod retry;
+mod settings;
+pub mod topics;
+
+pub use failure::KafkaFailure;
+pub use group_consumer::{Batch, GroupConsumer};
+pub use membership::MembershipChange;
+pub use metrics::FailureMetrics;
+pub use outbox::{deliver, Outbox};
+pub use partition_reader::{read_partition, read_span, whole_partition, Span};
+pub use record::{Delivered, InputRecord, OutboundRecord, TopicPartition};
+pub use retry::{retry_transient, Retriable, Retry};
+pub use settings::{
+    producer, producer_config, standalone_consumer, KafkaSettings, Producer, Reader,
+    DEFAULT_FETCH_WAIT,
+};

@@ -1,0 +1,21 @@
+//! The read side of feeds, and the storage layout it shares with the sink: PostgreSQL's
+//! pool and schema, the Redis feed cache (its layout, the scripts that keep it a
+//! complete top slice of PostgreSQL), and pages read Redis first, PostgreSQL behind it.
+//! The API reads through [`FeedReader`]; the sink writes the cache through
+//! [`FeedCache::apply`].
+
+mod cache;
+mod database;
+mod error;
+pub mod layout;
+mod metrics;
+mod range;
+mod reader;
+mod redact;
+
+pub use cache::{CacheOp, FeedCache, FEED_CACHE_CAP};
+pub use database::{connect_postgres, migrate};
+pub use error::StorageError;
+pub use metrics::ReadMetrics;
+pub use reader::{FeedPage, FeedPost, FeedReader, PageRequest};
+pub use redact::redact;
