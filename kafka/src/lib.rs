@@ -14,6 +14,7 @@ mod partition_reader;
 mod record;
 pub mod retry;
 mod settings;
+pub mod stage;
 pub mod topics;
 
 pub use failure::KafkaFailure;

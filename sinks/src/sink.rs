@@ -14,11 +14,12 @@ use chrono::{TimeZone, Utc};
 use feedstream_core::event::{Envelope, EventBody, FeedChange, FeedEvent, InputTopic};
 use feedstream_core::retry::RetryPolicy;
 use feedstream_kafka::dead_letter::{dead_letter, now_ms, Failure, Stage};
+use feedstream_kafka::stage::{self, drive, Durable};
 use feedstream_kafka::topics::{verify_layout, Topics};
 use feedstream_kafka::{
     self as kafka, GroupConsumer, InputRecord, KafkaSettings, MembershipChange, TopicPartition,
 };
-use feedstream_kafka::{retry_transient, Retry};
+use feedstream_kafka::{retry_transient, Batch, Retry};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -68,15 +69,37 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     tracing::info!(group = %settings.group_id, "sink started");
+    let mut stage = SinkStage {
+        writer,
+        records: Vec::new(),
+    };
+    drive(
+        &mut stage,
+        &mut consumer,
+        settings.max_batch_wait,
+        &metrics.failures,
+        &mut shutdown,
+    )
+    .await?;
+    tracing::info!("sink stopped");
+    Ok(())
+}
 
-    while !*shutdown.borrow() {
-        let mut batch = consumer
-            .next_batch(
-                settings.max_batch_records,
-                settings.max_batch_wait,
-                &mut shutdown,
-            )
-            .await;
+/// The sink as a stage: each cycle writes the records of one read.
+struct SinkStage<'s> {
+    writer: Writer<'s>,
+    records: Vec<InputRecord>,
+}
+
+impl stage::Stage for SinkStage<'_> {
+    type Error = SinkError;
+    type Done = ();
+
+    fn intake(&self) -> usize {
+        self.writer.settings.max_batch_records
+    }
+
+    fn take(&mut self, _consumer: &GroupConsumer, batch: Batch) -> Result<(), SinkError> {
         // Records read before a revocation now belong to another member, which reads
         // them again; writing them late could undo that member's newer changes.
         let revoked: BTreeSet<&TopicPartition> = batch
@@ -88,25 +111,35 @@ pub async fn run(
             })
             .flatten()
             .collect();
-        if !revoked.is_empty() {
-            let revoked: BTreeSet<TopicPartition> = revoked.into_iter().cloned().collect();
-            batch
-                .records
-                .retain(|record| !revoked.contains(&(record.topic.clone(), record.partition)));
-        }
-        if batch.records.is_empty() {
-            continue;
-        }
-        writer.write(&batch.records).await?;
-        if let Err(error) = consumer.commit(&next_offsets(&batch.records)) {
-            // Retried with the next commit; should a rebalance take the partitions
-            // first, the new owner rewrites the same batch, harmlessly.
-            metrics.failures.retried("kafka");
-            tracing::warn!(%error, "offset commit failed; it is retried with the next one");
-        }
+        self.records = batch
+            .records
+            .into_iter()
+            .filter(|record| !revoked.contains(&(record.topic.clone(), record.partition)))
+            .collect();
+        Ok(())
     }
-    tracing::info!("sink stopped");
-    Ok(())
+
+    /// Should a rebalance take the partitions before the commit succeeds, the new owner
+    /// rewrites the same batch, harmlessly.
+    async fn make_durable(
+        &mut self,
+        _consumer: &GroupConsumer,
+        _shutdown: &watch::Receiver<bool>,
+    ) -> Result<Option<Durable<()>>, SinkError> {
+        if self.records.is_empty() {
+            return Ok(None);
+        }
+        let records = std::mem::take(&mut self.records);
+        self.writer.write(&records).await?;
+        Ok(Some(Durable {
+            offsets: next_offsets(&records),
+            done: (),
+        }))
+    }
+
+    fn after_commit(&mut self, _done: ()) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// What one input record asks of PostgreSQL.

@@ -1,0 +1,76 @@
+//! The one loop of every Kafka stage (the processor and the sink): read a batch, hand
+//! its records and membership changes to the stage, let the stage make its work durable,
+//! commit the input offsets, then let the stage finish (checkpoints, metrics).
+//!
+//! The commit protocol is written here only: offsets are committed after the stage's
+//! outputs are durable, never before; a commit that fails is kept by the consumer and
+//! retried with the next one, so it is never final while the partitions stay assigned.
+//! The consumer is only polled between cycles, so a rebalance never finds work in
+//! flight.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::{Batch, FailureMetrics, GroupConsumer, KafkaFailure, TopicPartition};
+
+/// Work a stage made durable: the input offsets it may commit (next offset to read, per
+/// partition) and what it needs once they are committed.
+pub struct Durable<D> {
+    pub offsets: BTreeMap<TopicPartition, i64>,
+    pub done: D,
+}
+
+/// One stage of the topology, driven by [`drive`].
+pub trait Stage {
+    type Error: From<KafkaFailure>;
+    /// What [`Stage::after_commit`] needs of a durable cycle.
+    type Done;
+
+    /// The most records one read may take.
+    fn intake(&self) -> usize;
+
+    /// Takes what one read gave: records, all read before the membership changes that
+    /// follow them in the batch.
+    fn take(&mut self, consumer: &GroupConsumer, batch: Batch) -> Result<(), Self::Error>;
+
+    /// Does the work the stage has in hand and makes it durable (stores, output topics,
+    /// databases), retrying transient failures until shutdown. `None`: nothing to
+    /// commit this cycle.
+    fn make_durable(
+        &mut self,
+        consumer: &GroupConsumer,
+        shutdown: &watch::Receiver<bool>,
+    ) -> impl Future<Output = Result<Option<Durable<Self::Done>>, Self::Error>> + Send;
+
+    /// Runs once the cycle's offsets were committed (or their commit deferred).
+    fn after_commit(&mut self, done: Self::Done) -> Result<(), Self::Error>;
+}
+
+/// Runs `stage` on `consumer` until `shutdown` turns true; the cycle in hand is
+/// finished first. Batches wait up to `max_wait` for their first record.
+pub async fn drive<S: Stage>(
+    stage: &mut S,
+    consumer: &mut GroupConsumer,
+    max_wait: Duration,
+    failures: &FailureMetrics,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), S::Error> {
+    while !*shutdown.borrow() {
+        let batch = consumer
+            .next_batch(stage.intake(), max_wait, shutdown)
+            .await;
+        stage.take(consumer, batch)?;
+        let Some(durable) = stage.make_durable(consumer, shutdown).await? else {
+            continue;
+        };
+        if let Err(error) = consumer.commit(&durable.offsets) {
+            failures.retried("kafka");
+            tracing::warn!(%error, "offset commit failed; it is retried with the next one");
+        }
+        stage.after_commit(durable.done)?;
+    }
+    Ok(())
+}

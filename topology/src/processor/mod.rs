@@ -1,0 +1,279 @@
+//! The processor: one consumer-group member running the feed topology for the tasks it
+//! is assigned. Task i owns partition i of post-events and follow-events and the
+//! stores of partition i.
+//!
+//! One cycle: read a batch (never with work in flight, so a rebalance in the middle of a
+//! read finds nothing to finish); route records to their tasks; each task applies them
+//! in stream-time order, its store writes captured for the changelog; send feed changes,
+//! dead letters and changelog records; wait for every acknowledgement; commit the input
+//! offsets. An offset is therefore committed only after all it caused is durable.
+
+mod intake;
+mod records;
+mod schedule;
+mod task;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use feedstream_core::feed::FeedRules;
+use feedstream_core::retry::RetryPolicy;
+use feedstream_kafka::stage::{self, drive, Durable};
+use feedstream_kafka::topics::{verify_layout, Topics, TopicsError};
+use feedstream_kafka::{
+    self as kafka, retry_transient, Batch, Delivered, GroupConsumer, InputRecord, KafkaFailure,
+    KafkaSettings, Retry, TopicPartition,
+};
+use feedstream_stores::{StoreError, StoreName};
+use tokio::sync::watch;
+
+use crate::metrics::{ProcessorMetrics, TopicLabel};
+use crate::state::StateError;
+use records::Effects;
+pub use task::task_dir;
+use task::{Task, CHECKPOINT_INTERVAL};
+
+#[derive(Debug, Clone)]
+pub struct ProcessorSettings {
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+    /// Stores live under `<state_dir>/<application-id>/task-<i>/<store>`.
+    pub state_dir: PathBuf,
+    pub rules: FeedRules,
+    pub max_batch_records: usize,
+    pub max_batch_wait: Duration,
+    /// How long a task whose other input is empty and caught up waits for records of
+    /// it not yet produced (an input that is not caught up is always waited for).
+    pub max_task_idle: Duration,
+    /// Backoff between attempts to deliver a batch while the broker fails.
+    pub retry: RetryPolicy,
+    pub client_id: String,
+}
+
+/// Why the processor stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error(transparent)]
+    Layout(#[from] TopicsError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaFailure),
+    #[error("state store of task {task} failed: {source}")]
+    Store {
+        task: i32,
+        #[source]
+        source: StoreError,
+    },
+    #[error("state of task {task}: {source}")]
+    State {
+        task: i32,
+        #[source]
+        source: StateError,
+    },
+}
+
+impl ProcessorError {
+    /// Whether restarting the processor can help (it resumes from the last commit).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ProcessorError::Layout(error) => error.is_retriable(),
+            ProcessorError::Kafka(error) => error.is_retriable(),
+            ProcessorError::Store { .. } => false,
+            ProcessorError::State { source, .. } => source.is_retriable(),
+        }
+    }
+}
+
+impl feedstream_kafka::Retriable for ProcessorError {
+    fn is_retriable(&self) -> bool {
+        ProcessorError::is_retriable(self)
+    }
+}
+
+/// Runs the processor until `shutdown` turns true, then finishes the batch in hand,
+/// commits and closes its stores.
+pub async fn run(
+    settings: ProcessorSettings,
+    metrics: ProcessorMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ProcessorError> {
+    let partitions = verify_layout(&settings.kafka, &settings.topics, true)?;
+    let topics = &settings.topics;
+    let mut consumer = GroupConsumer::join(
+        &settings.kafka,
+        &topics.processor_group(),
+        &settings.client_id,
+        &[&topics.post_events, &topics.follow_events],
+        metrics.failures.consumer_lag.clone(),
+    )?;
+    let producer = kafka::producer(&settings.kafka, &settings.client_id)?;
+    tracing::info!(partitions, group = %topics.processor_group(), "processor started");
+
+    let mut runtime = Runtime {
+        settings: &settings,
+        producer,
+        metrics,
+        assigned: BTreeSet::new(),
+        tasks: BTreeMap::new(),
+        paused: BTreeSet::new(),
+        incomplete: BTreeMap::new(),
+        next_first: 0,
+    };
+    let failures = runtime.metrics.failures.clone();
+    let result = drive(
+        &mut runtime,
+        &mut consumer,
+        settings.max_batch_wait,
+        &failures,
+        &mut shutdown,
+    )
+    .await;
+    let closed = runtime.close_all_tasks();
+    tracing::info!("processor stopped");
+    result.and(closed)
+}
+
+struct Runtime<'s> {
+    settings: &'s ProcessorSettings,
+    producer: kafka::Producer,
+    metrics: ProcessorMetrics,
+    assigned: BTreeSet<TopicPartition>,
+    tasks: BTreeMap<i32, Task>,
+    /// Input partitions paused because their task's buffer is full.
+    paused: BTreeSet<TopicPartition>,
+    /// Records of a partition whose twin is not assigned yet, for its task.
+    incomplete: BTreeMap<i32, Vec<InputRecord>>,
+    /// Task that goes first in the next processing round (round-robin).
+    next_first: usize,
+}
+
+/// Most records read per intake.
+const INTAKE_RECORDS: usize = 1000;
+
+/// What a durable batch leaves for after its commit.
+struct Done {
+    effects: Effects,
+    delivered: Vec<Delivered>,
+    started: Instant,
+}
+
+impl stage::Stage for Runtime<'_> {
+    type Error = ProcessorError;
+    type Done = Done;
+
+    fn intake(&self) -> usize {
+        INTAKE_RECORDS
+    }
+
+    fn take(&mut self, consumer: &GroupConsumer, batch: Batch) -> Result<(), ProcessorError> {
+        for record in batch.records {
+            self.route(record);
+        }
+        for change in batch.changes {
+            self.apply_membership(change)?;
+        }
+        self.apply_backpressure(consumer)
+    }
+
+    /// Applies one batch of what stream time allows, then delivers its records,
+    /// retrying while the broker fails (the batch stays in hand and nothing further is
+    /// read, so the partitions wait). Should no commit succeed before a restart, the
+    /// batch is replayed.
+    async fn make_durable(
+        &mut self,
+        consumer: &GroupConsumer,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<Option<Durable<Done>>, ProcessorError> {
+        let started = Instant::now();
+        let mut effects = self.process_ready(consumer)?;
+        if effects.commit.is_empty() {
+            return Ok(None);
+        }
+        let failures = &self.metrics.failures;
+        let delivered = retry_transient(
+            &self.settings.retry,
+            shutdown,
+            |retry: Retry<'_, KafkaFailure>| {
+                failures.retried("kafka");
+                tracing::warn!(error = %retry.error, attempt = retry.attempt, delay = ?retry.delay, "batch not acknowledged by the broker; sending it again");
+            },
+            || kafka::deliver(&self.producer, &effects.outbound),
+        )
+        .await?;
+        Ok(Some(Durable {
+            offsets: std::mem::take(&mut effects.commit),
+            done: Done {
+                effects,
+                delivered,
+                started,
+            },
+        }))
+    }
+
+    fn after_commit(&mut self, done: Done) -> Result<(), ProcessorError> {
+        self.checkpoint_after_commit(&done.delivered)?;
+        let effects = done.effects;
+        for (topic, count) in effects.records {
+            self.metrics
+                .records
+                .get_or_create(&TopicLabel { topic })
+                .inc_by(count);
+        }
+        self.metrics.feed_changes.inc_by(effects.feed_changes);
+        self.metrics.fanout_entries.inc_by(effects.entries_added);
+        for reason in effects.dead_letters {
+            self.metrics.failures.dead_lettered(reason);
+        }
+        self.metrics
+            .batch_seconds
+            .observe(done.started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+impl Runtime<'_> {
+    /// Moves each task's changelog positions to what the broker acknowledged, then
+    /// checkpoints the tasks that changed, at most once per [`CHECKPOINT_INTERVAL`].
+    fn checkpoint_after_commit(&mut self, delivered: &[Delivered]) -> Result<(), ProcessorError> {
+        let changelogs: BTreeMap<String, StoreName> = StoreName::ALL
+            .into_iter()
+            .map(|store| (self.settings.topics.changelog(store), store))
+            .collect();
+        let mut touched = BTreeSet::new();
+        for record in delivered {
+            let Some(store) = changelogs.get(&record.topic) else {
+                continue;
+            };
+            if let Some(task) = self.tasks.get_mut(&record.partition) {
+                let position = task.positions.entry(*store).or_insert(0);
+                *position = (*position).max(record.offset + 1);
+                touched.insert(record.partition);
+            }
+        }
+        for partition in touched {
+            let due = |task: &&mut Task| task.checkpointed.elapsed() >= CHECKPOINT_INTERVAL;
+            if let Some(task) = self.tasks.get_mut(&partition).filter(due) {
+                task.checkpoint(false)
+                    .map_err(|source| ProcessorError::State {
+                        task: partition,
+                        source,
+                    })?;
+                task.record_sizes(&self.metrics);
+            }
+        }
+        Ok(())
+    }
+
+    fn close_all_tasks(&mut self) -> Result<(), ProcessorError> {
+        let mut result = Ok(());
+        for (partition, task) in std::mem::take(&mut self.tasks) {
+            if let Err(source) = task.close() {
+                result = Err(ProcessorError::State {
+                    task: partition,
+                    source,
+                });
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,106 @@
+//! One input record through the feed rules, and what it causes as records to produce:
+//! feed-events, changelog records, or a dead letter.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use feedstream_core::event::{
+    Envelope, FeedChange, FeedEvent, InputTopic, EVENT_ID_HEADER, FEED_EVENT_VERSION,
+};
+use feedstream_core::feed::apply;
+use feedstream_kafka::dead_letter::{dead_letter, Failure, Stage};
+use feedstream_kafka::{InputRecord, OutboundRecord, TopicPartition};
+use feedstream_stores::StoreError;
+
+use super::task::Task;
+use super::ProcessorSettings;
+use crate::metrics::ProcessorMetrics;
+
+/// What one batch produced and may commit.
+#[derive(Default)]
+pub(super) struct Effects {
+    pub(super) outbound: Vec<OutboundRecord>,
+    pub(super) commit: BTreeMap<TopicPartition, i64>,
+    pub(super) feed_changes: u64,
+    /// Of those, ENTRY_ADDED.
+    pub(super) entries_added: u64,
+    /// Reason of each dead letter sent.
+    pub(super) dead_letters: Vec<&'static str>,
+    pub(super) records: BTreeMap<String, u64>,
+}
+
+/// Applies one record to its task and appends what it causes to `effects`.
+pub(super) fn process_record(
+    settings: &ProcessorSettings,
+    metrics: &ProcessorMetrics,
+    task: &mut Task,
+    found_on: InputTopic,
+    record: InputRecord,
+    effects: &mut Effects,
+) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let topics = &settings.topics;
+    let decoded = Envelope::decode(
+        record.payload.as_deref().unwrap_or_default(),
+        record.key.as_deref(),
+        found_on,
+    );
+    match decoded {
+        Ok(event) => {
+            let changes = apply(&event, &mut task.stores)?;
+            let entries_added = changes
+                .iter()
+                .filter(|change| matches!(change, FeedChange::EntryAdded { .. }))
+                .count() as u64;
+            effects.feed_changes += changes.len() as u64;
+            effects.entries_added += entries_added;
+            tracing::debug!(event_id = %event.event_id, event_type = event.type_name(), task = task.partition, changes = changes.len(), "event processed");
+            for change in changes {
+                let key = change.key().to_string().into_bytes();
+                let value = FeedEvent {
+                    change,
+                    cause_event_id: event.event_id,
+                    timestamp: event.timestamp,
+                    version: FEED_EVENT_VERSION,
+                };
+                effects.outbound.push(OutboundRecord {
+                    topic: topics.feed_events.clone(),
+                    partition: None,
+                    key,
+                    payload: Some(value.to_json()),
+                    timestamp: Some(event.timestamp),
+                    headers: vec![(EVENT_ID_HEADER, event.event_id.to_string())],
+                });
+            }
+            for (store, change) in task.stores.drain_changes() {
+                effects.outbound.push(OutboundRecord {
+                    topic: topics.changelog(store),
+                    partition: Some(task.partition),
+                    key: change.key,
+                    payload: change.value,
+                    timestamp: Some(event.timestamp),
+                    headers: Vec::new(),
+                });
+            }
+            metrics.observe_event(
+                event.type_name(),
+                started.elapsed().as_secs_f64(),
+                entries_added,
+            );
+        }
+        Err(invalid) => {
+            tracing::warn!(source = %record.source(), event_id = record.event_id.map(tracing::field::display), reason = %invalid, "dead-lettering input record");
+            metrics.observe_event("INVALID", started.elapsed().as_secs_f64(), 0);
+            let failure = Failure::permanent(invalid.code(), invalid.to_string(), Stage::Processor);
+            effects.dead_letters.push(failure.reason);
+            effects
+                .outbound
+                .push(dead_letter(&topics.dead_letter, &record, &failure));
+        }
+    }
+    *effects.records.entry(record.topic.clone()).or_default() += 1;
+    effects
+        .commit
+        .insert((record.topic, record.partition), record.offset + 1);
+    Ok(())
+}
