@@ -371,6 +371,7 @@ impl Bench {
             feed_entries,
             feed_changes: processor_metrics.sum("processor_feed_changes_total", ""),
             input_records: processor_metrics.sum("processor_records_total", ""),
+            changelog_records: processor_metrics.sum("processor_changelog_records_total", ""),
             cpu_seconds,
             entries_per_cpu_second: feed_entries / cpu_seconds.max(1e-9),
             peak_rss_mb: system::peak_rss_bytes(processor_pid).unwrap_or(0) as f64 / 1e6,

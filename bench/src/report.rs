@@ -135,6 +135,8 @@ pub struct ProcessorCost {
     pub feed_entries: f64,
     pub feed_changes: f64,
     pub input_records: f64,
+    /// Records sent to the changelogs for those input records.
+    pub changelog_records: f64,
     pub cpu_seconds: f64,
     pub entries_per_cpu_second: f64,
     pub peak_rss_mb: f64,
@@ -480,12 +482,14 @@ impl Report {
         let p = &self.processor;
         let _ = writeln!(
             md,
-            "\n**Processor cost**: {} feed entries ({} feed changes from {} input records) \
-             in {:.2} CPU-seconds of `process`: **{} entries per CPU-second**; peak RSS \
-             **{:.1} MB**.\n",
+            "\n**Processor cost**: {} feed entries ({} feed changes from {} input records, \
+             which wrote {} changelog records: {:.2} per input record) in {:.2} CPU-seconds \
+             of `process`: **{} entries per CPU-second**; peak RSS **{:.1} MB**.\n",
             figure(p.feed_entries),
             figure(p.feed_changes),
             figure(p.input_records),
+            figure(p.changelog_records),
+            p.changelog_records / p.input_records.max(1.0),
             p.cpu_seconds,
             figure(p.entries_per_cpu_second),
             p.peak_rss_mb

@@ -32,6 +32,7 @@ pub struct StoreLabels {
 pub struct ProcessorMetrics {
     pub records: Family<TopicLabel, Counter>,
     pub feed_changes: Counter,
+    pub changelog_records: Counter,
     pub processing_seconds: Family<EventTypeLabel, Histogram>,
     pub fanout_entries: Counter,
     pub fanout_size: Histogram,
@@ -54,6 +55,7 @@ impl ProcessorMetrics {
         let metrics = Self {
             records: Family::default(),
             feed_changes: Counter::default(),
+            changelog_records: Counter::default(),
             // From 1 µs: applying one event is a few RocksDB reads and writes.
             processing_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_001, 2.0, 22))
@@ -83,6 +85,11 @@ impl ProcessorMetrics {
             "processor_feed_changes",
             "Feed changes sent to feed-events",
             metrics.feed_changes.clone(),
+        );
+        registry.register(
+            "processor_changelog_records",
+            "Records sent to the stores' changelogs (one per key written in a batch)",
+            metrics.changelog_records.clone(),
         );
         registry.register(
             "event_processing_duration_seconds",

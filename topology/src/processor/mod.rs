@@ -220,6 +220,9 @@ impl stage::Stage for Runtime<'_> {
                 .inc_by(count);
         }
         self.metrics.feed_changes.inc_by(effects.feed_changes);
+        self.metrics
+            .changelog_records
+            .inc_by(effects.changelog_records);
         self.metrics.fanout_entries.inc_by(effects.entries_added);
         for reason in effects.dead_letters {
             self.metrics.failures.dead_lettered(reason);

@@ -27,6 +27,11 @@ pub(super) struct Effects {
     /// Reason of each dead letter sent.
     pub(super) dead_letters: Vec<&'static str>,
     pub(super) records: BTreeMap<String, u64>,
+    /// Tasks whose stores the batch wrote, with the timestamp of the last event that
+    /// did: their changelog records are taken once per batch (see [`changelog_records`]).
+    pub(super) written: BTreeMap<i32, i64>,
+    /// Changelog records among `outbound`.
+    pub(super) changelog_records: u64,
 }
 
 /// Applies one record to its task and appends what it causes to `effects`.
@@ -72,16 +77,7 @@ pub(super) fn process_record(
                     headers: vec![(EVENT_ID_HEADER, event.event_id.to_string())],
                 });
             }
-            for (store, change) in task.stores.drain_changes() {
-                effects.outbound.push(OutboundRecord {
-                    topic: topics.changelog(store),
-                    partition: Some(task.partition),
-                    key: change.key,
-                    payload: change.value,
-                    timestamp: Some(event.timestamp),
-                    headers: Vec::new(),
-                });
-            }
+            effects.written.insert(task.partition, event.timestamp);
             metrics.observe_event(
                 event.type_name(),
                 started.elapsed().as_secs_f64(),
@@ -103,4 +99,26 @@ pub(super) fn process_record(
         .commit
         .insert((record.topic, record.partition), record.offset + 1);
     Ok(())
+}
+
+/// Appends the changelog records of the task's store writes since the last batch: one
+/// per key written, with its last value (coalesced by the stores' change capture), at
+/// the timestamp of the last event that wrote the task's stores.
+pub(super) fn changelog_records(
+    settings: &ProcessorSettings,
+    task: &mut Task,
+    timestamp: i64,
+    effects: &mut Effects,
+) {
+    for (store, change) in task.stores.drain_changes() {
+        effects.changelog_records += 1;
+        effects.outbound.push(OutboundRecord {
+            topic: settings.topics.changelog(store),
+            partition: Some(task.partition),
+            key: change.key,
+            payload: change.value,
+            timestamp: Some(timestamp),
+            headers: Vec::new(),
+        });
+    }
 }

@@ -9,7 +9,7 @@ use feedstream_core::event::InputTopic;
 use feedstream_core::stream_time::{self, EmptyInput, Next};
 use feedstream_kafka::{GroupConsumer, InputRecord};
 
-use super::records::{process_record, Effects};
+use super::records::{changelog_records, process_record, Effects};
 use super::task::{stream_time, Waiting};
 use super::{ProcessorError, Runtime};
 
@@ -61,6 +61,11 @@ impl Runtime<'_> {
                 still_ready.push(partition);
             }
             partitions = still_ready;
+        }
+        for (partition, timestamp) in std::mem::take(&mut effects.written) {
+            if let Some(task) = self.tasks.get_mut(&partition) {
+                changelog_records(self.settings, task, timestamp, &mut effects);
+            }
         }
         self.metrics.waiting_tasks.set(self.lagging_tasks());
         Ok(effects)
