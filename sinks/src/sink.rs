@@ -285,7 +285,12 @@ impl Writer<'_> {
                         self.metrics.failures.retried("record");
                         let delay = self.settings.retry.delay(failure.attempts);
                         tracing::warn!(source = %record.source(), event_id = record.event_id.map(tracing::field::display), %error, attempt = failure.attempts, ?delay, "record rejected by PostgreSQL; trying it again");
-                        tokio::time::sleep(delay).await;
+                        // At shutdown the batch stays uncommitted, to be written again.
+                        let mut shutdown = self.shutdown.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = shutdown.changed() => return Err(error),
+                        }
                     }
                 }
             }
