@@ -299,23 +299,22 @@ impl<'d> Cluster<'d> {
         celebrity_threshold: &str,
         metrics_port: u16,
     ) -> anyhow::Result<Child> {
-        let state = deployment.dir.path().join("processor");
-        deployment.spawn(&[
-            "process",
-            "--process-metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
-            "--state-dir",
-            state.to_str().context("state dir is UTF-8")?,
-            "--backfill",
-            &BACKFILL.to_string(),
-            "--celebrity-threshold",
-            celebrity_threshold,
-            "--feed-cache-cap",
-            &CACHE_CAP.to_string(),
-            // Small batches: many commits for the kills to land between and inside.
-            "--process-batch-records",
-            "200",
-        ])
+        deployment.spawn_processor_with(
+            "processor",
+            &[
+                "--process-metrics-listen",
+                &format!("127.0.0.1:{metrics_port}"),
+                "--backfill",
+                &BACKFILL.to_string(),
+                "--celebrity-threshold",
+                celebrity_threshold,
+                "--feed-cache-cap",
+                &CACHE_CAP.to_string(),
+                // Small batches: many commits for the kills to land between and inside.
+                "--process-batch-records",
+                "200",
+            ],
+        )
     }
 
     fn spawn_sink(deployment: &'d Deployment) -> anyhow::Result<Child> {

@@ -9,6 +9,9 @@ use common::{topic_records, Client, Deployment, Engines};
 use feedstream_core::model::{compare, expected_feeds};
 use feedstream_harness::{eventually, free_port, metric, terminate};
 
+/// The state directory of the tests' processor, under the deployment's directory.
+const STATE: &str = "state";
+
 const BACKFILL: usize = 100;
 const USERS: [u64; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 const FEED_DEADLINE: Duration = Duration::from_secs(120);
@@ -71,16 +74,6 @@ async fn await_active_tasks(port: u16, tasks: u32, what: &str) -> anyhow::Result
     .await
 }
 
-fn spawn_processor(
-    deployment: &Deployment,
-    state: &str,
-    extra: &[&str],
-) -> anyhow::Result<tokio::process::Child> {
-    let mut args = vec!["process", "--state-dir", state];
-    args.extend_from_slice(extra);
-    deployment.spawn(&args)
-}
-
 /// A deployment with its API and sink running; processors are the tests' business.
 struct Running {
     deployment: Deployment,
@@ -96,13 +89,7 @@ impl Running {
     async fn start(partitions: u32) -> anyhow::Result<Self> {
         let deployment = Deployment::new(&Engines::from_env()).await?;
         deployment.create_topics(partitions).await?;
-        let state = deployment
-            .dir
-            .path()
-            .join("state")
-            .to_str()
-            .unwrap_or_default()
-            .to_string();
+        let state = deployment.state_dir(STATE).display().to_string();
         let (api, base) = deployment.spawn_api(&[]).await?;
         let sink = deployment.spawn(&["sink"])?;
         Ok(Self {
@@ -123,7 +110,7 @@ async fn a_wiped_state_dir_is_restored_to_the_same_stores() -> anyhow::Result<()
         running.state.clone(),
         running.base.clone(),
     );
-    let mut processor = spawn_processor(deployment, &state, &[])?;
+    let mut processor = deployment.spawn_processor_with(STATE, &[])?;
     let mut client = Client::new(base);
     traffic(&mut client, 0, 20).await?;
     assert_feeds_match_model(&client).await?;
@@ -157,9 +144,8 @@ async fn a_wiped_state_dir_is_restored_to_the_same_stores() -> anyhow::Result<()
     // reach the followers recorded before the wipe.
     std::fs::remove_dir_all(&state)?;
     let metrics_port = free_port()?;
-    let _processor = spawn_processor(
-        deployment,
-        &state,
+    let _processor = deployment.spawn_processor_with(
+        STATE,
         &[
             "--process-metrics-listen",
             &format!("127.0.0.1:{metrics_port}"),
@@ -180,14 +166,10 @@ async fn a_wiped_state_dir_is_restored_to_the_same_stores() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_processor_killed_mid_stream_recovers_exact_feeds() -> anyhow::Result<()> {
     let running = Running::start(3).await?;
-    let (deployment, state, base) = (
-        &running.deployment,
-        running.state.clone(),
-        running.base.clone(),
-    );
+    let (deployment, base) = (&running.deployment, running.base.clone());
     // Small batches: many commits, so the kill lands between and inside them.
     let small_batches = ["--process-batch-records", "5"];
-    let mut processor = spawn_processor(deployment, &state, &small_batches)?;
+    let mut processor = deployment.spawn_processor_with(STATE, &small_batches)?;
 
     let probe = Client::new(base.clone());
     let mut client = Client::new(base);
@@ -205,7 +187,7 @@ async fn a_processor_killed_mid_stream_recovers_exact_feeds() -> anyhow::Result<
     .await?;
     processor.start_kill()?;
     processor.wait().await?;
-    let _restarted = spawn_processor(deployment, &state, &small_batches)?;
+    let _restarted = deployment.spawn_processor_with(STATE, &small_batches)?;
     let client = writer.await??;
     assert_feeds_match_model(&client).await
 }
@@ -215,21 +197,11 @@ async fn tasks_move_with_their_state_when_processors_join_and_leave() -> anyhow:
     let engines = Engines::from_env();
     let deployment = Deployment::new(&engines).await?;
     deployment.create_topics(4).await?;
-    let dir = |name: &str| {
-        deployment
-            .dir
-            .path()
-            .join(name)
-            .to_str()
-            .unwrap_or_default()
-            .to_string()
-    };
     let (_api, base) = deployment.spawn_api(&[]).await?;
     let _sink = deployment.spawn(&["sink"])?;
     let (port_a, port_b) = (free_port()?, free_port()?);
-    let _first = spawn_processor(
-        &deployment,
-        &dir("a"),
+    let _first = deployment.spawn_processor_with(
+        "a",
         &["--process-metrics-listen", &format!("127.0.0.1:{port_a}")],
     )?;
     let mut client = Client::new(base);
@@ -238,9 +210,8 @@ async fn tasks_move_with_their_state_when_processors_join_and_leave() -> anyhow:
 
     let opened_alone = metric(port_a, "processor_tasks_opened_total").await?;
     let restored_alone = metric(port_a, "state_restore_records_total").await?;
-    let second = spawn_processor(
-        &deployment,
-        &dir("b"),
+    let second = deployment.spawn_processor_with(
+        "b",
         &["--process-metrics-listen", &format!("127.0.0.1:{port_b}")],
     )?;
     await_active_tasks(port_b, 1, "the second processor to take tasks").await?;
@@ -292,10 +263,10 @@ async fn a_store_restored_from_a_compacted_changelog_equals_one_rebuilt_from_its
         ])
         .await?;
     anyhow::ensure!(created, "topics create failed: {stderr}");
-    let state = deployment.dir.path().join("state").display().to_string();
+    let state = deployment.state_dir(STATE).display().to_string();
     let (_api, base) = deployment.spawn_api(&[]).await?;
     let _sink = deployment.spawn(&["sink"])?;
-    let mut processor = spawn_processor(&deployment, &state, &[])?;
+    let mut processor = deployment.spawn_processor_with(STATE, &[])?;
     let mut client = Client::new(base);
 
     // Follows, unfollows and re-follows rewrite the same keys (edges, follower counts)

@@ -145,10 +145,16 @@ impl Deployment {
         self.spawn_processor_with(name, &[])
     }
 
+    /// The state directory `name` of this deployment's processors.
+    pub fn state_dir(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
     /// A processor with its own state directory `name` and `extra` arguments.
     pub fn spawn_processor_with(&self, name: &str, extra: &[&str]) -> anyhow::Result<Child> {
-        let state = self.dir.path().join(name);
-        let mut args = vec!["process", "--state-dir", state.to_str().unwrap_or_default()];
+        let state = self.state_dir(name);
+        let state = state.to_str().context("the state directory is not UTF-8")?;
+        let mut args = vec!["process", "--state-dir", state];
         args.extend_from_slice(extra);
         self.spawn(&args)
     }
@@ -449,20 +455,21 @@ pub fn envelope(
 /// another client would: Java's partitioner (as the API), acks from all in-sync
 /// replicas, idempotence, and a delivery timeout that outlives broker restarts.
 pub struct InputProducer {
-    producer: rdkafka::producer::FutureProducer,
+    producer: feedstream_kafka::Producer,
 }
 
 impl InputProducer {
     pub fn new(brokers: &str) -> anyhow::Result<Self> {
+        // The product's producer settings, so records land where the API's would.
+        let settings = feedstream_kafka::KafkaSettings {
+            brokers: brokers.to_string(),
+            delivery_timeout: Duration::from_secs(600),
+            debug: None,
+            fetch_wait: feedstream_kafka::DEFAULT_FETCH_WAIT,
+            consumer_properties: Vec::new(),
+        };
         Ok(Self {
-            producer: rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .set("partitioner", "murmur2_random")
-                .set("acks", "all")
-                .set("enable.idempotence", "true")
-                .set("linger.ms", "5")
-                .set("message.timeout.ms", "600000")
-                .create()?,
+            producer: feedstream_kafka::producer(&settings, "feedstream-test-input")?,
         })
     }
 
