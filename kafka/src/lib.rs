@@ -3,7 +3,6 @@
 //! membership changes, an outbox that waits for every acknowledgement, a reader of one
 //! partition, and dead letters. No feed logic lives here.
 
-mod bulk;
 pub mod client_log;
 pub mod dead_letter;
 mod failure;
@@ -18,7 +17,6 @@ mod settings;
 pub mod stage;
 pub mod topics;
 
-pub use bulk::BulkProducer;
 pub use failure::KafkaFailure;
 pub use group_consumer::{Batch, GroupConsumer};
 pub use membership::MembershipChange;

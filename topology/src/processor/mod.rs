@@ -22,8 +22,8 @@ use feedstream_core::retry::RetryPolicy;
 use feedstream_kafka::stage::{self, drive, Durable};
 use feedstream_kafka::topics::{verify_layout, Topics, TopicsError};
 use feedstream_kafka::{
-    self as kafka, retry_transient, Batch, BulkProducer, Delivered, GroupConsumer, InputRecord,
-    KafkaFailure, KafkaSettings, Outbox, Retry, TopicPartition,
+    self as kafka, retry_transient, Batch, Delivered, GroupConsumer, InputRecord, KafkaFailure,
+    KafkaSettings, Retry, TopicPartition,
 };
 use feedstream_stores::{StoreError, StoreName};
 use tokio::sync::watch;
@@ -107,13 +107,11 @@ pub async fn run(
         metrics.failures.consumer_lag.clone(),
     )?;
     let producer = kafka::producer(&settings.kafka, &settings.client_id)?;
-    let bulk = BulkProducer::new(&settings.kafka, &format!("{}-bulk", settings.client_id))?;
     tracing::info!(partitions, group = %topics.processor_group(), "processor started");
 
     let mut runtime = Runtime {
         settings: &settings,
         producer,
-        bulk,
         metrics,
         assigned: BTreeSet::new(),
         tasks: BTreeMap::new(),
@@ -137,10 +135,7 @@ pub async fn run(
 
 struct Runtime<'s> {
     settings: &'s ProcessorSettings,
-    /// Changelog records, whose offsets the checkpoints need.
     producer: kafka::Producer,
-    /// Feed-events and dead letters.
-    bulk: BulkProducer,
     metrics: ProcessorMetrics,
     assigned: BTreeSet<TopicPartition>,
     tasks: BTreeMap<i32, Task>,
@@ -202,14 +197,7 @@ impl stage::Stage for Runtime<'_> {
                 failures.retried("kafka");
                 tracing::warn!(error = %retry.error, attempt = retry.attempt, delay = ?retry.delay, "batch not acknowledged by the broker; sending it again");
             },
-            || async {
-                let mut changelog = Outbox::new(&self.producer);
-                for record in &effects.changelog {
-                    changelog.send(record).await?;
-                }
-                self.bulk.send_all(&effects.outbound)?;
-                changelog.flush().await
-            },
+            || kafka::deliver(&self.producer, &effects.outbound),
         )
         .await?;
         Ok(Some(Durable {

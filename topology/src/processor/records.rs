@@ -19,10 +19,7 @@ use crate::metrics::ProcessorMetrics;
 /// What one batch produced and may commit.
 #[derive(Default)]
 pub(super) struct Effects {
-    /// Feed-events and dead letters: acknowledged as a batch.
     pub(super) outbound: Vec<OutboundRecord>,
-    /// Changelog records: their offsets become the tasks' changelog positions.
-    pub(super) changelog: Vec<OutboundRecord>,
     pub(super) commit: BTreeMap<TopicPartition, i64>,
     pub(super) feed_changes: u64,
     /// Of those, ENTRY_ADDED.
@@ -115,7 +112,7 @@ pub(super) fn changelog_records(
 ) {
     for (store, change) in task.stores.drain_changes() {
         effects.changelog_records += 1;
-        effects.changelog.push(OutboundRecord {
+        effects.outbound.push(OutboundRecord {
             topic: settings.topics.changelog(store),
             partition: Some(task.partition),
             key: change.key,
