@@ -289,7 +289,7 @@ impl Bench {
         self.feedstream.run(&["migrate"]).await?;
         let (api, base) = self.feedstream.spawn_api().await?;
         let mut processor = self.feedstream.spawn(&["process"], "process.log")?;
-        let sink = self.feedstream.spawn(&["sink"], "sink.log")?;
+        let mut sink = self.feedstream.spawn(&["sink"], "sink.log")?;
         self.watch("api", &api);
         self.watch("process", &processor);
         self.watch("sink", &sink);
@@ -384,6 +384,19 @@ impl Bench {
             .context("restoring the processor's state")?;
         self.phase_done("restore");
 
+        say("phase: backlog (a second application replays every input record)");
+        let replay = self
+            .replay(
+                &mut processor,
+                &mut sink,
+                args.partitions,
+                processor_cost.input_records,
+                &ceilings,
+            )
+            .await
+            .context("replaying the inputs")?;
+        self.phase_done("backlog");
+
         let mut counts: Vec<usize> = (1..=graph.users)
             .map(|user| graph.follower_count(user))
             .collect();
@@ -415,6 +428,7 @@ impl Bench {
             reads_miss,
             reads_hit,
             restore,
+            replay,
             processor: processor_cost,
             cpu: std::mem::take(&mut self.cpu),
             targets: Vec::new(),

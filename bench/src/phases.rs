@@ -1,6 +1,6 @@
 //! The measured phases after the graph is loaded: reads that miss and hit the cache,
-//! posts at maximum load, posts at half the sustained load with visibility probes, and
-//! a state restore.
+//! posts at maximum load, posts at half the sustained load with visibility probes, a
+//! state restore, and a replay of every input record by a second processor.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::graph::{Graph, Op};
 use crate::load::{self, closed_loop, Target};
-use crate::report::{Materialization, Phase, RatePoint, Reads, Restore, Visibility};
+use crate::report::{Materialization, Phase, RatePoint, Reads, Replay, Restore, Visibility};
 use feedstream_harness::Scrape;
 
 use crate::system;
@@ -184,6 +184,87 @@ impl Bench {
             per_second,
             ratio_to_consume_ceiling: per_second / ceilings.broker.consume_per_second,
             seconds_until_running,
+        })
+    }
+
+    /// Stops the processor and the sink, then starts a processor of another application
+    /// (its own consumer group, changelogs and state) that reads every input record from
+    /// the beginning: a pre-produced backlog of `input_records`. Done when it has
+    /// processed them all.
+    pub(crate) async fn replay(
+        &mut self,
+        processor: &mut Child,
+        sink: &mut Child,
+        partitions: i32,
+        input_records: f64,
+        ceilings: &Ceilings,
+    ) -> anyhow::Result<Replay> {
+        system::terminate(processor, Duration::from_secs(60)).await?;
+        system::terminate(sink, Duration::from_secs(60)).await?;
+        let port = feedstream_harness::free_port()?;
+        let env = [
+            ("FEEDSTREAM_APPLICATION_ID", "bench-replay".to_string()),
+            (
+                "FEEDSTREAM_STATE_DIR",
+                self.state_dir
+                    .with_file_name("replay-state")
+                    .display()
+                    .to_string(),
+            ),
+            (
+                "FEEDSTREAM_PROCESS_METRICS_LISTEN",
+                format!("127.0.0.1:{port}"),
+            ),
+        ];
+        // The inputs exist; this creates the replaying application's changelogs.
+        let partitions = partitions.to_string();
+        let mut create = self.feedstream.spawn_with(
+            &["topics", "create", "--partitions", &partitions],
+            "topics-create-replay.log",
+            &env,
+        )?;
+        anyhow::ensure!(
+            create.wait().await?.success(),
+            "topics create for the replay failed"
+        );
+        let started = Instant::now();
+        let mut replaying = self
+            .feedstream
+            .spawn_with(&["process"], "process-replay.log", &env)?;
+        self.watch("process (replaying)", &replaying);
+        let url = format!("http://127.0.0.1:{port}");
+        feedstream_harness::poll_until(
+            DRAIN_DEADLINE,
+            crate::POLL,
+            "the replaying processor to process every input record",
+            || async {
+                Ok(self
+                    .scrape(&url)
+                    .await
+                    .map(|metrics| metrics.sum("processor_records_total", ""))
+                    .unwrap_or(0.0)
+                    >= input_records)
+            },
+        )
+        .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let metrics = self.scrape(&url).await?;
+        let changelog_records = metrics.sum("processor_changelog_records_total", "");
+        let records_written = changelog_records
+            + metrics.sum("processor_feed_changes_total", "")
+            + metrics.sum("dlq_messages_total", "");
+        let cpu_seconds = replaying.id().and_then(system::cpu_seconds).unwrap_or(0.0);
+        system::terminate(&mut replaying, Duration::from_secs(60)).await?;
+        let written_per_second = records_written / seconds.max(1e-9);
+        Ok(Replay {
+            input_records,
+            seconds,
+            records_written,
+            changelog_records,
+            changelog_per_input_record: changelog_records / input_records.max(1.0),
+            written_per_second,
+            ratio_to_produce_ceiling: written_per_second / ceilings.broker.produce_per_second,
+            cpu_seconds,
         })
     }
 

@@ -47,7 +47,19 @@ impl Feedstream {
 
     /// Starts a long-running command.
     pub fn spawn(&self, args: &[&str], log: &str) -> anyhow::Result<Child> {
-        Ok(self.command(args, log)?.spawn()?)
+        self.spawn_with(args, log, &[])
+    }
+
+    /// Starts a long-running command with `env` over the shared environment.
+    pub fn spawn_with(
+        &self,
+        args: &[&str],
+        log: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Child> {
+        let mut command = self.command(args, log)?;
+        command.envs(env.iter().map(|(key, value)| (*key, value)));
+        Ok(command.spawn()?)
     }
 
     /// Starts `feedstream api` on a free port; returns it with its base URL.
