@@ -265,6 +265,8 @@ impl Bench {
             written_per_second,
             ratio_to_produce_ceiling: written_per_second / ceilings.broker.produce_per_second,
             cpu_seconds,
+            input_waits: metrics.sum("processor_input_wait_seconds_count", ""),
+            input_wait_seconds: metrics.sum("processor_input_wait_seconds_sum", ""),
         })
     }
 

@@ -144,6 +144,10 @@ pub struct Replay {
     pub written_per_second: f64,
     pub ratio_to_produce_ceiling: f64,
     pub cpu_seconds: f64,
+    /// Waits of tasks for their other input (`processor_input_wait_seconds`): their
+    /// count and their sum over tasks, which can exceed the wall time.
+    pub input_waits: f64,
+    pub input_wait_seconds: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -511,6 +515,15 @@ impl Report {
             b.changelog_per_input_record,
             figure(b.written_per_second),
             b.ratio_to_produce_ceiling
+        );
+        let _ = writeln!(
+            md,
+            "\nThe backlog took {:.1} s; the replaying `process` used {:.1} CPU-seconds, and its \
+             tasks waited for their other input {} times, {:.1} s in all (summed over tasks).\n",
+            b.seconds,
+            b.cpu_seconds,
+            figure(b.input_waits),
+            b.input_wait_seconds
         );
         let p = &self.processor;
         let _ = writeln!(
