@@ -218,15 +218,13 @@ impl Bench {
         ];
         // The inputs exist; this creates the replaying application's changelogs.
         let partitions = partitions.to_string();
-        let mut create = self.feedstream.spawn_with(
-            &["topics", "create", "--partitions", &partitions],
-            "topics-create-replay.log",
-            &env,
-        )?;
-        anyhow::ensure!(
-            create.wait().await?.success(),
-            "topics create for the replay failed"
-        );
+        self.feedstream
+            .run_with(
+                &["topics", "create", "--partitions", &partitions],
+                "topics-create-replay.log",
+                &env,
+            )
+            .await?;
         let started = Instant::now();
         let mut replaying = self
             .feedstream

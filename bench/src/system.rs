@@ -19,11 +19,13 @@ pub struct Feedstream {
 }
 
 impl Feedstream {
-    fn command(&self, args: &[&str], log: &str) -> anyhow::Result<Command> {
+    /// `feedstream ARGS` with the shared environment, then `env` over it.
+    fn command(&self, args: &[&str], log: &str, env: &[(&str, String)]) -> anyhow::Result<Command> {
         let mut command = Command::new(&self.binary);
         command
             .args(args)
             .envs(self.env.iter().map(|(key, value)| (*key, value)))
+            .envs(env.iter().map(|(key, value)| (*key, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.logs.join(log))?)
@@ -33,8 +35,18 @@ impl Feedstream {
 
     /// Runs a one-off command (topics create, migrate) to success.
     pub async fn run(&self, args: &[&str]) -> anyhow::Result<()> {
-        let log = format!("{}.log", args.join("-"));
-        let status = self.command(args, &log)?.status().await?;
+        self.run_with(args, &format!("{}.log", args.join("-")), &[])
+            .await
+    }
+
+    /// Runs a one-off command with `env` over the shared environment to success.
+    pub async fn run_with(
+        &self,
+        args: &[&str],
+        log: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<()> {
+        let status = self.command(args, log, env)?.status().await?;
         if !status.success() {
             bail!(
                 "`feedstream {}` failed; see {}",
@@ -57,16 +69,18 @@ impl Feedstream {
         log: &str,
         env: &[(&str, String)],
     ) -> anyhow::Result<Child> {
-        let mut command = self.command(args, log)?;
-        command.envs(env.iter().map(|(key, value)| (*key, value)));
-        Ok(command.spawn()?)
+        Ok(self.command(args, log, env)?.spawn()?)
     }
 
     /// Starts `feedstream api` on a free port; returns it with its base URL.
     pub async fn spawn_api(&self) -> anyhow::Result<(Child, String)> {
-        feedstream_harness::serve(self.command(&["api", "--listen", "127.0.0.1:0"], "api.log")?)
-            .await
-            .context("the api did not start; see its log")
+        feedstream_harness::serve(self.command(
+            &["api", "--listen", "127.0.0.1:0"],
+            "api.log",
+            &[],
+        )?)
+        .await
+        .context("the api did not start; see its log")
     }
 }
 
