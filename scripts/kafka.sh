@@ -8,6 +8,9 @@
 #                               plus its own lines; does nothing if DIR/nodes exists
 #   kafka.sh run DIR ID         runs node ID in the foreground (exec: its pid is the
 #                               broker's); its logs go to DIR/node-<ID>/logs/
+#   kafka.sh tool CLASS ARGS... runs one of Kafka's tools, e.g.
+#                               org.apache.kafka.tools.consumer.group.ConsumerGroupCommand
+#                               --bootstrap-server HOST:PORT --describe --group G --members
 # A node has started once its server.log (new at each run) says "Transition from
 # STARTING to STARTED".
 # Needs KAFKA_LIBS, the broker's jars (scripts/lib.sh ensure_kafka); KAFKA_HEAP bounds
@@ -91,5 +94,11 @@ case "${1:-} $#" in
     java_command "$node_dir" kafka.Kafka "$node_dir/server.properties"
     exec "${JAVA[@]}" >>"$node_dir/logs/console.log" 2>&1
     ;;
-  *) echo "usage: $0 format DIR NODES | run DIR ID" >&2; exit 2 ;;
+  tool\ *)
+    [ "$#" -ge 2 ] || { echo "usage: $0 tool CLASS ARGS..." >&2; exit 2; }
+    shift
+    # log4j2's default configuration: errors only, to the console.
+    exec java -Xmx256m -Djava.awt.headless=true -cp "$KAFKA_LIBS/*" "$@"
+    ;;
+  *) echo "usage: $0 format DIR NODES | run DIR ID | tool CLASS ARGS..." >&2; exit 2 ;;
 esac

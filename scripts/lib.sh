@@ -100,13 +100,16 @@ ensure_kafka() {
   command -v mvn >/dev/null || apt_install maven
   command -v python3 >/dev/null || apt_install python3
   KAFKA_LIBS="${FEEDSTREAM_KAFKA_CACHE:-$HOME/.cache/feedstream/kafka-$KAFKA_VERSION}/libs"
-  if [ ! -f "$KAFKA_LIBS/.complete" ]; then
-    say "downloading Apache Kafka $KAFKA_VERSION (kafka_2.13 and its dependencies) from Maven Central into $KAFKA_LIBS (once)"
+  # The cache holds what one pom resolves to: a changed pom downloads again.
+  local pom_digest
+  pom_digest="$(sha256sum "$FEEDSTREAM_ROOT/deploy/kafka/pom.xml" | cut -d' ' -f1)"
+  if [ "$(cat "$KAFKA_LIBS/.complete" 2>/dev/null)" != "$pom_digest" ]; then
+    say "downloading Apache Kafka $KAFKA_VERSION (kafka_2.13, kafka-tools and their dependencies) from Maven Central into $KAFKA_LIBS (once)"
     rm -rf "$KAFKA_LIBS"
     (cd "$FEEDSTREAM_ROOT/deploy/kafka" && mvn -q -B dependency:copy-dependencies \
       -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS") >&2 ||
       die "could not download the Kafka jars with Maven (deploy/kafka/pom.xml)"
-    touch "$KAFKA_LIBS/.complete"
+    echo "$pom_digest" >"$KAFKA_LIBS/.complete"
   fi
   export KAFKA_VERSION KAFKA_LIBS
 }

@@ -100,6 +100,19 @@ pub struct GlobalArgs {
         value_parser = parse_property
     )]
     pub consumer_properties: Vec<(String, String)>,
+    /// Stable name of this instance in the processor and sink consumer groups (Kafka's
+    /// `group.instance.id`, static membership), unique per instance, e.g. the pod name of
+    /// a StatefulSet. An instance that stops and comes back within the broker's session
+    /// timeout keeps its tasks: none move to the other instances meanwhile, and it
+    /// restores nothing. Unset: members are dynamic and a leaving instance's tasks move
+    /// at once.
+    #[arg(
+        long,
+        global = true,
+        env = "FEEDSTREAM_INSTANCE_ID",
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
+    pub instance_id: Option<String>,
     /// librdkafka debug contexts to log (e.g. `cgrp,fetch`), for diagnosing Kafka clients.
     #[arg(long, global = true, env = "FEEDSTREAM_KAFKA_DEBUG")]
     pub kafka_debug: Option<String>,
@@ -348,9 +361,18 @@ pub struct RunArgs {
 }
 
 pub fn init_logging(global: &GlobalArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn,sqlx=warn")
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn,sqlx=warn")
+        })
+        // rdkafka's consumer module logs one error: when a consumer whose client failed
+        // for good is dropped. The group consumer drops one at each attempt to join while
+        // its instance id is still held, and says so itself, once.
+        .add_directive(
+            "rdkafka::consumer::base_consumer=off"
+                .parse()
+                .expect("a constant, valid directive"),
+        );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

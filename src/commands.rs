@@ -341,6 +341,7 @@ fn processor_settings(
         max_task_idle: Duration::from_millis(args.max_task_idle_ms),
         retry: retry_policy(global),
         client_id: format!("{}-processor-{}", global.application_id, std::process::id()),
+        instance_id: global.instance_id.clone(),
     }
 }
 
@@ -366,6 +367,7 @@ async fn run_sink(
             .clone()
             .unwrap_or_else(|| topics.sink_group()),
         client_id: format!("{}-sink-{}", global.application_id, std::process::id()),
+        instance_id: global.instance_id.clone(),
         database_url: global.database_url.clone(),
         max_batch_records: args.sink_batch_records.max(1),
         max_batch_wait: Duration::from_millis(args.sink_batch_wait_ms),

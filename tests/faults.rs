@@ -1,6 +1,7 @@
 //! The crash and fault harness: a seeded workload of follows, unfollows, posts and
 //! deletions, with 1% poison records written straight to the input topics, runs while
-//! the processor and the sink are killed -9 and restarted again and again, on a 3-node
+//! the processor and the sink (static members, each with its instance id) are killed -9
+//! and restarted again and again, on a 3-node
 //! Kafka cluster (replication factor 3, min.insync.replicas 2) whose partition leader
 //! is killed -9 and restarted later, and all of whose brokers are stopped for 20 s;
 //! PostgreSQL is stopped for 20 s and Redis is flushed; meanwhile a writer posts
@@ -313,6 +314,10 @@ impl<'d> Cluster<'d> {
                 // Small batches: many commits for the kills to land between and inside.
                 "--process-batch-records",
                 "200",
+                // Static membership: each restart after a kill -9 is refused until the
+                // killed member's session expires, and joins again then.
+                "--instance-id",
+                "processor-0",
             ],
         )
     }
@@ -326,6 +331,8 @@ impl<'d> Cluster<'d> {
             "500",
             "--retry-max-ms",
             "2000",
+            "--instance-id",
+            "sink-0",
         ])
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{topic_records, Client, Deployment, Engines};
+use common::{group_members, topic_records, Client, Deployment, Engines, GroupMember};
 use feedstream_core::model::{compare, expected_feeds};
 use feedstream_harness::{eventually, free_port, metric, terminate};
 
@@ -76,6 +76,7 @@ async fn await_active_tasks(port: u16, tasks: u32, what: &str) -> anyhow::Result
 
 /// A deployment with its API and sink running; processors are the tests' business.
 struct Running {
+    engines: Engines,
     deployment: Deployment,
     /// State directory for the tests' processor.
     state: String,
@@ -87,12 +88,14 @@ struct Running {
 
 impl Running {
     async fn start(partitions: u32) -> anyhow::Result<Self> {
-        let deployment = Deployment::new(&Engines::from_env()).await?;
+        let engines = Engines::from_env();
+        let deployment = Deployment::new(&engines).await?;
         deployment.create_topics(partitions).await?;
         let state = deployment.state_dir(STATE).display().to_string();
         let (api, base) = deployment.spawn_api(&[]).await?;
         let sink = deployment.spawn(&["sink"])?;
         Ok(Self {
+            engines,
             deployment,
             state,
             base,
@@ -241,6 +244,107 @@ async fn tasks_move_with_their_state_when_processors_join_and_leave() -> anyhow:
     let restored_back = metric(port_a, "state_restore_records_total").await? - restored_alone;
     println!("2 -> 1 processors: the first took {moved} tasks back, restoring {restored_back} changelog records");
     traffic(&mut client, 2, 12).await?;
+    assert_feeds_match_model(&client).await
+}
+
+/// Sum of the tasks two processors run.
+async fn tasks_of(ports: [u16; 2]) -> f64 {
+    let mut sum = 0.0;
+    for port in ports {
+        sum += metric(port, "processor_active_tasks").await.unwrap_or(0.0);
+    }
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_restarted_with_its_instance_id_takes_its_own_tasks_back() -> anyhow::Result<()>
+{
+    let running = Running::start(4).await?;
+    let deployment = &running.deployment;
+    let processor = |name: &str, port: u16| {
+        deployment.spawn_processor_with(
+            name,
+            &[
+                "--instance-id",
+                name,
+                "--process-metrics-listen",
+                &format!("127.0.0.1:{port}"),
+            ],
+        )
+    };
+    let (port_a, port_b) = (free_port()?, free_port()?);
+    let _a = processor("a", port_a)?;
+    let mut b = processor("b", port_b)?;
+    eventually(
+        FEED_DEADLINE,
+        "the two processors to share the tasks",
+        || async {
+            Ok(metric(port_b, "processor_active_tasks")
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+                && tasks_of([port_a, port_b]).await == 4.0)
+        },
+    )
+    .await?;
+    let mut client = Client::new(running.base.clone());
+    traffic(&mut client, 0, 12).await?;
+    assert_feeds_match_model(&client).await?;
+    let opened_by_a = metric(port_a, "processor_tasks_opened_total").await?;
+    let tasks_of_b = metric(port_b, "processor_active_tasks").await?;
+
+    // A graceful restart: while b is away the group keeps its tasks (both inputs'
+    // partitions of each) assigned to it, unprocessed, and a takes none of them.
+    terminate(&b)?;
+    b.wait().await?;
+    traffic(&mut client, 1, 12).await?;
+    let group = format!("{}-processor", deployment.application_id);
+    let members = group_members(&running.engines, &deployment.brokers, &group).await?;
+    assert!(
+        members.contains(&GroupMember {
+            instance_id: Some("b".to_string()),
+            partitions: 2 * tasks_of_b as u32,
+        }),
+        "the group does not hold b's partitions while b is away: {members:?}"
+    );
+    let port_b = free_port()?;
+    let mut b = processor("b", port_b)?;
+    await_active_tasks(
+        port_b,
+        tasks_of_b as u32,
+        "the restarted processor to take its tasks back",
+    )
+    .await?;
+    assert_feeds_match_model(&client).await?;
+    assert_eq!(
+        metric(port_b, "processor_active_tasks").await?,
+        tasks_of_b,
+        "the restarted processor runs the tasks it ran before"
+    );
+    assert_eq!(
+        metric(port_b, "state_restore_records_total").await?,
+        0.0,
+        "the restarted processor found its stores current"
+    );
+    assert_eq!(
+        metric(port_a, "processor_tasks_opened_total").await?,
+        opened_by_a,
+        "the processor that stayed took tasks of the one restarting"
+    );
+
+    // After a kill -9 the broker holds b's instance id until the killed member's session
+    // expires; the restarted b joins then.
+    b.start_kill()?;
+    b.wait().await?;
+    let port_b = free_port()?;
+    let _b = processor("b", port_b)?;
+    traffic(&mut client, 2, 12).await?;
+    await_active_tasks(
+        port_b,
+        1,
+        "the processor restarted after a kill -9 to join again",
+    )
+    .await?;
     assert_feeds_match_model(&client).await
 }
 

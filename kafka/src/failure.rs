@@ -22,6 +22,13 @@ pub enum KafkaFailure {
         end: i64,
         quiet: Duration,
     },
+    /// The client can no longer be used (librdkafka's fatal errors), e.g. another
+    /// process joined the group with this one's instance id.
+    #[error("Kafka client failed for good ({code:?}): {reason}")]
+    Fatal {
+        code: RDKafkaErrorCode,
+        reason: String,
+    },
 }
 
 impl KafkaFailure {
@@ -29,6 +36,10 @@ impl KafkaFailure {
         match self {
             KafkaFailure::Configuration(_) => false,
             KafkaFailure::Unreachable { .. } | KafkaFailure::Stalled { .. } => true,
+            // An instance id still held by this instance's killed predecessor is
+            // released when the broker expires that session; any other fatal error
+            // (fenced by a newer instance with the same id) means this one must stop.
+            KafkaFailure::Fatal { code, .. } => *code == RDKafkaErrorCode::UnreleasedInstanceId,
             KafkaFailure::Operation(error) => error.rdkafka_error_code().is_none_or(|code| {
                 !matches!(
                     code,

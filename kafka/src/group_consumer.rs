@@ -3,11 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
@@ -23,9 +24,31 @@ pub struct Batch {
     pub changes: Vec<MembershipChange>,
 }
 
+/// Who a member is: its group, its client id, and its instance id when it is a static
+/// member.
+#[derive(Debug, Clone)]
+pub struct MemberIdentity {
+    pub group_id: String,
+    pub client_id: String,
+    /// `group.instance.id`. A static member that shuts down keeps its partitions
+    /// assigned to it, unprocessed, for the broker's session timeout, and takes them back
+    /// when it returns within it: a rolling restart moves no task and restores nothing
+    /// elsewhere. Without it, a member that leaves hands its partitions to the others at
+    /// once, and takes some back (restoring them) when it returns.
+    pub instance_id: Option<String>,
+}
+
 /// A member of a consumer group with manual, synchronous offset commits.
 pub struct GroupConsumer {
     consumer: StreamConsumer<MembershipContext>,
+    /// What [`GroupConsumer::join`] was given, to join again after a fatal error.
+    settings: KafkaSettings,
+    identity: MemberIdentity,
+    topics: Vec<String>,
+    lag: Family<LagLabels, Gauge>,
+    /// Since when and how many times this member has tried to join while the broker
+    /// still holds its instance id for a killed predecessor.
+    rejoining: Option<(Instant, u32)>,
     /// A record that arrived after a membership change: first of the next batch.
     held: Option<InputRecord>,
     /// Offsets whose commit failed, committed with the next ones.
@@ -34,8 +57,12 @@ pub struct GroupConsumer {
     assignment: BTreeSet<TopicPartition>,
 }
 
+/// Wait between joins while the instance id is still held by a killed predecessor: the
+/// broker's session timeout (10 s here) bounds how many joins that takes.
+const REJOIN_INTERVAL: Duration = Duration::from_secs(1);
+
 impl GroupConsumer {
-    /// Joins `group_id` and subscribes to `topics` with Kafka's consumer group protocol
+    /// Joins the group and subscribes to `topics` with Kafka's consumer group protocol
     /// (KIP-848): the broker assigns, incrementally, so when a member joins or leaves
     /// only the partitions that move are revoked and assigned, and the others keep
     /// being processed. Its `range` assignor gives partition i of every topic to the
@@ -45,38 +72,18 @@ impl GroupConsumer {
     /// partition is kept in `lag`, refreshed every few seconds.
     pub fn join(
         settings: &KafkaSettings,
-        group_id: &str,
-        client_id: &str,
+        identity: &MemberIdentity,
         topics: &[&str],
         lag: Family<LagLabels, Gauge>,
     ) -> Result<Self, KafkaFailure> {
-        let mut config = consumer_config(settings, client_id);
-        config
-            .set("group.id", group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("group.protocol", "consumer")
-            .set("group.remote.assignor", "range")
-            // Restoration and retried sink writes happen between polls.
-            .set("max.poll.interval.ms", "300000")
-            // Bounds what librdkafka prefetches (one queue for all partitions) while the
-            // runtime is busy or retrying: memory stays bounded whatever the input rate.
-            .set("queued.max.messages.kbytes", "16384");
-        let context = MembershipContext {
-            changes: Mutex::default(),
-            group: group_id.to_string(),
-            lag,
-        };
-        let consumer: StreamConsumer<MembershipContext> =
-            with_consumer_properties(config, settings)
-                .create_with_context(context)
-                .map_err(KafkaFailure::Configuration)?;
-        consumer
-            .subscribe(topics)
-            .map_err(KafkaFailure::Operation)?;
+        let topics: Vec<String> = topics.iter().map(|topic| topic.to_string()).collect();
         Ok(Self {
-            consumer,
+            consumer: subscribe(settings, identity, &topics, lag.clone())?,
+            settings: settings.clone(),
+            identity: identity.clone(),
+            topics,
+            lag,
+            rejoining: None,
             held: None,
             uncommitted: BTreeMap::new(),
             assignment: BTreeSet::new(),
@@ -87,13 +94,14 @@ impl GroupConsumer {
     /// fetched, up to `max_records`, without waiting for more: a record is handed on at
     /// once when traffic is light, and batches grow by themselves under load (from what
     /// arrived while the last batch was written). Stops early at a membership change or
-    /// at shutdown. Records of the returned batch all precede its changes.
+    /// at shutdown. Records of the returned batch all precede its changes. Fails only
+    /// when the client failed for good ([`KafkaFailure::Fatal`]).
     pub async fn next_batch(
         &mut self,
         max_records: usize,
         max_wait: Duration,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Batch {
+    ) -> Result<Batch, KafkaFailure> {
         let mut batch = Batch::default();
         if !self.uncommitted.is_empty() {
             if let Err(error) = self.commit(&BTreeMap::new()) {
@@ -105,38 +113,55 @@ impl GroupConsumer {
         }
         let deadline = tokio::time::Instant::now() + max_wait;
         while batch.records.len() < max_records && !*shutdown.borrow() {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if remaining.is_zero() || self.consumer.context().has_changes() {
+            if self.consumer.context().has_changes() {
                 break;
             }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // A zero step still takes a record already fetched (the receive is polled
+            // once before the timeout is looked at).
             let step = if batch.records.is_empty() {
                 remaining.min(Duration::from_millis(100))
             } else {
                 Duration::ZERO
             };
-            tokio::select! {
-                received = tokio::time::timeout(step, self.consumer.recv()) => match received {
-                    Ok(Ok(message)) => {
-                        let record = InputRecord::from_message(&message);
-                        if self.consumer.context().has_changes() {
-                            self.held = Some(record);
-                            break;
-                        }
-                        batch.records.push(record);
+            let received = tokio::select! {
+                received = tokio::time::timeout(step, self.consumer.recv()) => {
+                    received.map(|received| received.map(|message| InputRecord::from_message(&message)))
+                }
+                _ = shutdown.changed() => break,
+            };
+            match received {
+                Ok(Ok(record)) => {
+                    if self.consumer.context().has_changes() {
+                        self.held = Some(record);
+                        break;
                     }
-                    Ok(Err(error)) => {
-                        if client_log::is_connection_failure(&error) {
-                            tracing::debug!(%error, "consumer error; librdkafka retries");
-                        } else {
-                            tracing::warn!(%error, "consumer error; librdkafka retries");
-                        }
+                    batch.records.push(record);
+                }
+                Ok(Err(error)) => {
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        self.after_fatal(code, reason, shutdown).await?;
+                    } else if client_log::is_connection_failure(&error) {
+                        tracing::debug!(%error, "consumer error; librdkafka retries");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    } else {
+                        tracing::warn!(%error, "consumer error; librdkafka retries");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    // Nothing more already fetched: hand on what there is.
-                    Err(_) if !batch.records.is_empty() => break,
-                    Err(_) => {}
-                },
-                _ = shutdown.changed() => break,
+                    if remaining.is_zero() {
+                        break;
+                    }
+                }
+                // Nothing more already fetched: hand on what there is.
+                Err(_) if !batch.records.is_empty() => break,
+                // Nothing fetched: a client that failed for good fetches nothing ever.
+                Err(_) => {
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        self.after_fatal(code, reason, shutdown).await?;
+                    } else if remaining.is_zero() {
+                        break;
+                    }
+                }
             }
         }
         batch.changes = self.consumer.context().take();
@@ -150,6 +175,13 @@ impl GroupConsumer {
                 }
                 MembershipChange::Assigned(partitions) => {
                     self.assignment.extend(partitions.iter().cloned());
+                    if let Some((since, joins)) = self.rejoining.take() {
+                        tracing::info!(
+                            waited = ?since.elapsed(),
+                            joins,
+                            "joined the group again with this instance id"
+                        );
+                    }
                 }
             }
         }
@@ -169,7 +201,47 @@ impl GroupConsumer {
         if !batch.changes.is_empty() {
             tracing::debug!(changes = ?batch.changes, "consumer group membership changed");
         }
-        batch
+        Ok(batch)
+    }
+
+    /// After librdkafka's client failed for good. A static member restarted after a
+    /// kill -9 is refused (`UNRELEASED_INSTANCE_ID`, fatal in librdkafka) until the
+    /// broker expires its predecessor's session, which keeps the predecessor's
+    /// partitions meanwhile: this member, which owns nothing yet, joins again every
+    /// [`REJOIN_INTERVAL`] until it is let in. Any other fatal error ends the member.
+    async fn after_fatal(
+        &mut self,
+        code: RDKafkaErrorCode,
+        reason: String,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), KafkaFailure> {
+        if code != RDKafkaErrorCode::UnreleasedInstanceId || !self.assignment.is_empty() {
+            return Err(KafkaFailure::Fatal { code, reason });
+        }
+        let (_, joins) = self.rejoining.get_or_insert_with(|| {
+            tracing::warn!(
+                group = %self.identity.group_id,
+                instance = self.identity.instance_id.as_deref().unwrap_or_default(),
+                "the broker still holds this instance id for a member that did not leave \
+                 (killed?); joining again once it expires that member's session"
+            );
+            (Instant::now(), 0)
+        });
+        *joins += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(REJOIN_INTERVAL) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+        let fresh = subscribe(
+            &self.settings,
+            &self.identity,
+            &self.topics,
+            self.lag.clone(),
+        )?;
+        let failed = std::mem::replace(&mut self.consumer, fresh);
+        // Closing a consumer polls it until librdkafka is done: off the runtime's threads.
+        tokio::task::block_in_place(|| drop(failed));
+        Ok(())
     }
 
     /// Commits `next offset to read` for each partition, with any earlier offsets whose
@@ -276,4 +348,42 @@ impl GroupConsumer {
         };
         result.map_err(KafkaFailure::Operation)
     }
+}
+
+/// A consumer of `identity`'s group, subscribed to `topics`.
+fn subscribe(
+    settings: &KafkaSettings,
+    identity: &MemberIdentity,
+    topics: &[String],
+    lag: Family<LagLabels, Gauge>,
+) -> Result<StreamConsumer<MembershipContext>, KafkaFailure> {
+    let mut config = consumer_config(settings, &identity.client_id);
+    config
+        .set("group.id", &identity.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("group.protocol", "consumer")
+        .set("group.remote.assignor", "range")
+        // Restoration and retried sink writes happen between polls.
+        .set("max.poll.interval.ms", "300000")
+        // Bounds what librdkafka prefetches (one queue for all partitions) while the
+        // runtime is busy or retrying: memory stays bounded whatever the input rate.
+        .set("queued.max.messages.kbytes", "16384");
+    if let Some(instance_id) = &identity.instance_id {
+        config.set("group.instance.id", instance_id);
+    }
+    let context = MembershipContext {
+        changes: Mutex::default(),
+        group: identity.group_id.clone(),
+        lag,
+    };
+    let consumer: StreamConsumer<MembershipContext> = with_consumer_properties(config, settings)
+        .create_with_context(context)
+        .map_err(KafkaFailure::Configuration)?;
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(KafkaFailure::Operation)?;
+    Ok(consumer)
 }

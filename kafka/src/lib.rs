@@ -18,7 +18,7 @@ pub mod stage;
 pub mod topics;
 
 pub use failure::KafkaFailure;
-pub use group_consumer::{Batch, GroupConsumer};
+pub use group_consumer::{Batch, GroupConsumer, MemberIdentity};
 pub use membership::MembershipChange;
 pub use metrics::FailureMetrics;
 pub use outbox::{deliver, Outbox};

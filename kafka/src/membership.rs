@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
@@ -71,12 +71,31 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
 }
 
 impl ClientContext for MembershipContext {
+    // A fatal error of a group member is told once, by the group consumer, which looks
+    // for one whenever a poll finds nothing (it says what it means and what it does);
+    // librdkafka's own lines for it would repeat at every attempt to join.
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        client_log::log(level, fac, message);
+        if fac == "FATAL" {
+            tracing::debug!(target: "librdkafka", fac, "{message}");
+        } else {
+            client_log::log(level, fac, message);
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        client_log::client_error(&error, reason);
+        let fatal = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Fatal
+                    | RDKafkaErrorCode::UnreleasedInstanceId
+                    | RDKafkaErrorCode::FencedInstanceId
+            )
+        );
+        if fatal {
+            tracing::debug!(target: "librdkafka", %error, "{reason}");
+        } else {
+            client_log::client_error(&error, reason);
+        }
     }
 
     fn stats(&self, statistics: Statistics) {

@@ -23,14 +23,22 @@ pub struct Durable<D> {
     pub done: D,
 }
 
+/// What the next read of a stage may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Intake {
+    pub max_records: usize,
+    /// How long the read waits for a first record.
+    pub max_wait: Duration,
+}
+
 /// One stage of the topology, driven by [`drive`].
 pub trait Stage {
     type Error: From<KafkaFailure>;
     /// What [`Stage::after_commit`] needs of a durable cycle.
     type Done;
 
-    /// The most records one read may take.
-    fn intake(&self) -> usize;
+    /// What the next read may take.
+    fn intake(&self) -> Intake;
 
     /// Takes what one read gave: records, all read before the membership changes that
     /// follow them in the batch.
@@ -50,18 +58,18 @@ pub trait Stage {
 }
 
 /// Runs `stage` on `consumer` until `shutdown` turns true; the cycle in hand is
-/// finished first. Batches wait up to `max_wait` for their first record.
+/// finished first.
 pub async fn drive<S: Stage>(
     stage: &mut S,
     consumer: &mut GroupConsumer,
-    max_wait: Duration,
     failures: &FailureMetrics,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), S::Error> {
     while !*shutdown.borrow() {
+        let intake = stage.intake();
         let batch = consumer
-            .next_batch(stage.intake(), max_wait, shutdown)
-            .await;
+            .next_batch(intake.max_records, intake.max_wait, shutdown)
+            .await?;
         stage.take(consumer, batch)?;
         let Some(durable) = stage.make_durable(consumer, shutdown).await? else {
             continue;

@@ -14,10 +14,11 @@ use chrono::{TimeZone, Utc};
 use feedstream_core::event::{Envelope, EventBody, FeedChange, FeedEvent, InputTopic};
 use feedstream_core::retry::RetryPolicy;
 use feedstream_kafka::dead_letter::{dead_letter, now_ms, Failure, Stage};
-use feedstream_kafka::stage::{self, drive, Durable};
+use feedstream_kafka::stage::{self, drive, Durable, Intake};
 use feedstream_kafka::topics::{verify_layout, Topics};
 use feedstream_kafka::{
-    self as kafka, GroupConsumer, InputRecord, KafkaSettings, MembershipChange, TopicPartition,
+    self as kafka, GroupConsumer, InputRecord, KafkaSettings, MemberIdentity, MembershipChange,
+    TopicPartition,
 };
 use feedstream_kafka::{retry_transient, Batch, Retry};
 use sqlx::PgPool;
@@ -36,6 +37,8 @@ pub struct SinkSettings {
     /// topics from the beginning.
     pub group_id: String,
     pub client_id: String,
+    /// Static membership in the sink group (see [`MemberIdentity::instance_id`]).
+    pub instance_id: Option<String>,
     pub database_url: String,
     pub max_batch_records: usize,
     pub max_batch_wait: Duration,
@@ -52,10 +55,14 @@ pub async fn run(
 ) -> Result<(), SinkError> {
     verify_layout(&settings.kafka, &settings.topics, false)?;
     let topics = &settings.topics;
+    let identity = MemberIdentity {
+        group_id: settings.group_id.clone(),
+        client_id: settings.client_id.clone(),
+        instance_id: settings.instance_id.clone(),
+    };
     let mut consumer = GroupConsumer::join(
         &settings.kafka,
-        &settings.group_id,
-        &settings.client_id,
+        &identity,
         &[&topics.feed_events, &topics.post_events],
         metrics.failures.consumer_lag.clone(),
     )?;
@@ -73,14 +80,7 @@ pub async fn run(
         writer,
         records: Vec::new(),
     };
-    drive(
-        &mut stage,
-        &mut consumer,
-        settings.max_batch_wait,
-        &metrics.failures,
-        &mut shutdown,
-    )
-    .await?;
+    drive(&mut stage, &mut consumer, &metrics.failures, &mut shutdown).await?;
     tracing::info!("sink stopped");
     Ok(())
 }
@@ -95,8 +95,11 @@ impl stage::Stage for SinkStage<'_> {
     type Error = SinkError;
     type Done = ();
 
-    fn intake(&self) -> usize {
-        self.writer.settings.max_batch_records
+    fn intake(&self) -> Intake {
+        Intake {
+            max_records: self.writer.settings.max_batch_records,
+            max_wait: self.writer.settings.max_batch_wait,
+        }
     }
 
     fn take(&mut self, _consumer: &GroupConsumer, batch: Batch) -> Result<(), SinkError> {

@@ -698,6 +698,71 @@ impl PrivateKafka {
     }
 }
 
+/// A member of a consumer group, as Kafka's own tool describes the group from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub instance_id: Option<String>,
+    pub partitions: u32,
+}
+
+/// The members of `group` and how many partitions each holds, from Kafka's
+/// `kafka-consumer-groups --describe --members` (scripts/kafka.sh tool).
+pub async fn group_members(
+    engines: &Engines,
+    brokers: &str,
+    group: &str,
+) -> anyhow::Result<Vec<GroupMember>> {
+    let libs = engines
+        .kafka_libs
+        .clone()
+        .context("FEEDSTREAM_TEST_KAFKA_LIBS is not set: run the suite with scripts/test.sh")?;
+    let output = Command::new("bash")
+        .arg(KAFKA_SCRIPT)
+        .args([
+            "tool",
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            "--bootstrap-server",
+            brokers,
+            "--describe",
+            "--group",
+            group,
+            "--members",
+        ])
+        .env("KAFKA_LIBS", &libs)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "kafka-consumer-groups failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines = stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("GROUP "));
+    let header = lines
+        .next()
+        .with_context(|| format!("no member table in: {stdout}"))?;
+    let with_instances = header.contains("GROUP-INSTANCE-ID");
+    lines
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (instance_id, partitions) = match (with_instances, fields.as_slice()) {
+                (true, [_, _, instance, _, _, partitions, ..]) => {
+                    (Some(instance.to_string()), partitions)
+                }
+                (false, [_, _, _, _, partitions, ..]) => (None, partitions),
+                _ => bail!("unexpected member line: {line}"),
+            };
+            Ok(GroupMember {
+                instance_id,
+                partitions: partitions.parse()?,
+            })
+        })
+        .collect()
+}
+
 /// Whether `group` has committed, on every partition of `topics`, the high watermark.
 pub fn group_caught_up(brokers: &str, group: &str, topics: &[String]) -> anyhow::Result<bool> {
     Ok(group_lag(brokers, group, topics)? == 0)

@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use feedstream_core::feed::FeedRules;
 use feedstream_core::retry::RetryPolicy;
-use feedstream_kafka::stage::{self, drive, Durable};
+use feedstream_kafka::stage::{drive, Durable, Intake, Stage};
 use feedstream_kafka::topics::{verify_layout, Topics, TopicsError};
 use feedstream_kafka::{
     self as kafka, retry_transient, Batch, Delivered, GroupConsumer, InputRecord, KafkaFailure,
-    KafkaSettings, Retry, TopicPartition,
+    KafkaSettings, MemberIdentity, Retry, TopicPartition,
 };
 use feedstream_stores::{StoreError, StoreName};
 use tokio::sync::watch;
@@ -49,6 +49,8 @@ pub struct ProcessorSettings {
     /// Backoff between attempts to deliver a batch while the broker fails.
     pub retry: RetryPolicy,
     pub client_id: String,
+    /// Static membership in the processor group (see [`MemberIdentity::instance_id`]).
+    pub instance_id: Option<String>,
 }
 
 /// Why the processor stopped.
@@ -99,10 +101,14 @@ pub async fn run(
 ) -> Result<(), ProcessorError> {
     let partitions = verify_layout(&settings.kafka, &settings.topics, true)?;
     let topics = &settings.topics;
+    let identity = MemberIdentity {
+        group_id: topics.processor_group(),
+        client_id: settings.client_id.clone(),
+        instance_id: settings.instance_id.clone(),
+    };
     let mut consumer = GroupConsumer::join(
         &settings.kafka,
-        &topics.processor_group(),
-        &settings.client_id,
+        &identity,
         &[&topics.post_events, &topics.follow_events],
         metrics.failures.consumer_lag.clone(),
     )?;
@@ -118,16 +124,10 @@ pub async fn run(
         paused: BTreeSet::new(),
         incomplete: BTreeMap::new(),
         next_first: 0,
+        work_in_hand: false,
     };
     let failures = runtime.metrics.failures.clone();
-    let result = drive(
-        &mut runtime,
-        &mut consumer,
-        settings.max_batch_wait,
-        &failures,
-        &mut shutdown,
-    )
-    .await;
+    let result = drive(&mut runtime, &mut consumer, &failures, &mut shutdown).await;
     let closed = runtime.close_all_tasks();
     tracing::info!("processor stopped");
     result.and(closed)
@@ -145,6 +145,8 @@ struct Runtime<'s> {
     incomplete: BTreeMap<i32, Vec<InputRecord>>,
     /// Task that goes first in the next processing round (round-robin).
     next_first: usize,
+    /// Whether the last batch was cut by its limit (see [`Stage::intake`]).
+    work_in_hand: bool,
 }
 
 /// Most records read per intake.
@@ -157,12 +159,22 @@ struct Done {
     started: Instant,
 }
 
-impl stage::Stage for Runtime<'_> {
+impl Stage for Runtime<'_> {
     type Error = ProcessorError;
     type Done = Done;
 
-    fn intake(&self) -> usize {
-        INTAKE_RECORDS
+    /// A read waits for records only when the last batch left nothing ready: with
+    /// records in hand (a backlog, every buffer full and its partitions paused), the
+    /// wait would only delay them.
+    fn intake(&self) -> Intake {
+        Intake {
+            max_records: INTAKE_RECORDS,
+            max_wait: if self.work_in_hand {
+                Duration::ZERO
+            } else {
+                self.settings.max_batch_wait
+            },
+        }
     }
 
     fn take(&mut self, consumer: &GroupConsumer, batch: Batch) -> Result<(), ProcessorError> {
@@ -186,6 +198,9 @@ impl stage::Stage for Runtime<'_> {
     ) -> Result<Option<Durable<Done>>, ProcessorError> {
         let started = Instant::now();
         let mut effects = self.process_ready(consumer)?;
+        // A full batch stopped at its limit, not for want of ready records.
+        self.work_in_hand =
+            effects.records.values().sum::<u64>() >= self.settings.max_batch_records as u64;
         if effects.commit.is_empty() {
             return Ok(None);
         }
