@@ -2,6 +2,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use feedstream_kafka::transaction::UnknownGuarantee;
+use feedstream_kafka::ProcessingGuarantee;
 use feedstream_stores::StoreName;
 
 /// Kafka Streams-style stream processor that turns posts and follows into social feeds.
@@ -330,6 +332,18 @@ pub struct ProcessArgs {
     /// Serve /metrics on this address (the `run` command serves them on the API).
     #[arg(long, env = "FEEDSTREAM_PROCESS_METRICS_LISTEN")]
     pub process_metrics_listen: Option<SocketAddr>,
+    /// at_least_once: a crash makes the processor send again the feed changes of the
+    /// records it replays (the sinks apply them once; other readers of feed-events see
+    /// them twice). exactly_once_v2: each batch is one Kafka transaction (feed changes,
+    /// changelog records, dead letters and input offsets), so read_committed readers
+    /// see each change once; a crash costs a full restore of the stores.
+    #[arg(
+        long,
+        env = "FEEDSTREAM_PROCESSING_GUARANTEE",
+        default_value = "at_least_once",
+        value_parser = parse_guarantee
+    )]
+    pub processing_guarantee: ProcessingGuarantee,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -380,6 +394,11 @@ pub fn init_logging(global: &GlobalArgs) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+fn parse_guarantee(text: &str) -> Result<ProcessingGuarantee, String> {
+    text.parse()
+        .map_err(|error: UnknownGuarantee| error.to_string())
 }
 
 /// `KEY=VALUE`, both non-empty.

@@ -342,6 +342,7 @@ fn processor_settings(
         retry: retry_policy(global),
         client_id: format!("{}-processor-{}", global.application_id, std::process::id()),
         instance_id: global.instance_id.clone(),
+        guarantee: args.processing_guarantee,
     }
 }
 

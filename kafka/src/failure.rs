@@ -22,6 +22,10 @@ pub enum KafkaFailure {
         end: i64,
         quiet: Duration,
     },
+    /// A transaction was aborted (its records are invisible to read_committed readers);
+    /// the work it held is to be done again.
+    #[error("Kafka transaction aborted: {reason}")]
+    Aborted { reason: String },
     /// The client can no longer be used (librdkafka's fatal errors), e.g. another
     /// process joined the group with this one's instance id.
     #[error("Kafka client failed for good ({code:?}): {reason}")]
@@ -35,7 +39,9 @@ impl KafkaFailure {
     pub fn is_retriable(&self) -> bool {
         match self {
             KafkaFailure::Configuration(_) => false,
-            KafkaFailure::Unreachable { .. } | KafkaFailure::Stalled { .. } => true,
+            KafkaFailure::Unreachable { .. }
+            | KafkaFailure::Stalled { .. }
+            | KafkaFailure::Aborted { .. } => true,
             // An instance id still held by this instance's killed predecessor is
             // released when the broker expires that session; any other fatal error
             // (fenced by a newer instance with the same id) means this one must stop.

@@ -331,6 +331,12 @@ impl GroupConsumer {
         })
     }
 
+    /// What a transaction needs to commit this member's offsets (KIP-447): the broker
+    /// refuses them from a member that is no longer in the group's current epoch.
+    pub fn group_metadata(&self) -> Option<rdkafka::consumer::ConsumerGroupMetadata> {
+        self.consumer.group_metadata()
+    }
+
     /// Stops fetching these partitions (the member stays in the group), or resumes.
     pub fn set_paused(
         &self,

@@ -16,6 +16,7 @@ pub mod retry;
 mod settings;
 pub mod stage;
 pub mod topics;
+pub mod transaction;
 
 pub use failure::KafkaFailure;
 pub use group_consumer::{Batch, GroupConsumer, MemberIdentity};
@@ -29,3 +30,4 @@ pub use settings::{
     producer, producer_config, standalone_consumer, KafkaSettings, Producer, Reader,
     DEFAULT_FETCH_WAIT,
 };
+pub use transaction::ProcessingGuarantee;

@@ -79,10 +79,14 @@ pub fn producer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfi
 
 pub(crate) fn consumer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
     let mut config = client_config(settings, client_id);
-    config.set(
-        "fetch.wait.max.ms",
-        settings.fetch_wait.as_millis().to_string(),
-    );
+    config
+        .set(
+            "fetch.wait.max.ms",
+            settings.fetch_wait.as_millis().to_string(),
+        )
+        // librdkafka's default, said here because correctness rests on it: records of
+        // aborted transactions (exactly-once) are never read, restored or materialized.
+        .set("isolation.level", "read_committed");
     config
 }
 

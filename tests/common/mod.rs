@@ -834,8 +834,32 @@ pub async fn postgres_feeds(pool: &sqlx::PgPool) -> anyhow::Result<BTreeMap<User
 }
 
 /// How many records `topic` holds, and how many offsets they span: fewer records than
-/// offsets means the log was compacted (or records were deleted).
+/// offsets means the log was compacted (or records were deleted, or the offsets hold
+/// transaction markers).
 pub fn topic_records(brokers: &str, topic: &str) -> anyhow::Result<(u64, i64)> {
+    let mut records = 0u64;
+    let span = read_topic(brokers, topic, &mut |_| records += 1)?;
+    Ok((records, span))
+}
+
+/// The values of every record of `topic`, as a read_committed reader sees them.
+pub fn topic_values(brokers: &str, topic: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    use rdkafka::message::Message;
+    let mut values = Vec::new();
+    read_topic(brokers, topic, &mut |message| {
+        values.push(message.payload().unwrap_or_default().to_vec())
+    })?;
+    Ok(values)
+}
+
+/// Calls `each` for every record of `topic` with isolation.level=read_committed (what
+/// the feed-events contract asks of its readers); returns how many offsets the
+/// partitions span.
+fn read_topic(
+    brokers: &str,
+    topic: &str,
+    each: &mut dyn FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> anyhow::Result<i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
     let consumer: BaseConsumer = ClientConfig::new()
@@ -843,6 +867,7 @@ pub fn topic_records(brokers: &str, topic: &str) -> anyhow::Result<(u64, i64)> {
         .set("group.id", "feedstream-test-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
@@ -850,7 +875,7 @@ pub fn topic_records(brokers: &str, topic: &str) -> anyhow::Result<(u64, i64)> {
         .iter()
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
-    let (mut records, mut span) = (0u64, 0i64);
+    let mut span = 0i64;
     let mut list = TopicPartitionList::new();
     let mut open = 0;
     for partition in &partitions {
@@ -862,7 +887,7 @@ pub fn topic_records(brokers: &str, topic: &str) -> anyhow::Result<(u64, i64)> {
         }
     }
     if open == 0 {
-        return Ok((0, span));
+        return Ok(span);
     }
     consumer.assign(&list)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -872,11 +897,11 @@ pub fn topic_records(brokers: &str, topic: &str) -> anyhow::Result<(u64, i64)> {
             "reading {topic} took over 60 s"
         );
         match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(_)) => records += 1,
+            Some(Ok(message)) => each(&message),
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => open -= 1,
             Some(Err(error)) => return Err(error.into()),
             None => {}
         }
     }
-    Ok((records, span))
+    Ok(span)
 }

@@ -21,9 +21,10 @@ use feedstream_core::feed::FeedRules;
 use feedstream_core::retry::RetryPolicy;
 use feedstream_kafka::stage::{drive, Durable, Intake, Stage};
 use feedstream_kafka::topics::{verify_layout, Topics, TopicsError};
+use feedstream_kafka::transaction;
 use feedstream_kafka::{
     self as kafka, retry_transient, Batch, Delivered, GroupConsumer, InputRecord, KafkaFailure,
-    KafkaSettings, MemberIdentity, Retry, TopicPartition,
+    KafkaSettings, MemberIdentity, ProcessingGuarantee, Retry, TopicPartition,
 };
 use feedstream_stores::{StoreError, StoreName};
 use tokio::sync::watch;
@@ -51,6 +52,7 @@ pub struct ProcessorSettings {
     pub client_id: String,
     /// Static membership in the processor group (see [`MemberIdentity::instance_id`]).
     pub instance_id: Option<String>,
+    pub guarantee: ProcessingGuarantee,
 }
 
 /// Why the processor stopped.
@@ -112,8 +114,27 @@ pub async fn run(
         &[&topics.post_events, &topics.follow_events],
         metrics.failures.consumer_lag.clone(),
     )?;
-    let producer = kafka::producer(&settings.kafka, &settings.client_id)?;
-    tracing::info!(partitions, group = %topics.processor_group(), "processor started");
+    let producer = match settings.guarantee {
+        ProcessingGuarantee::AtLeastOnce => kafka::producer(&settings.kafka, &settings.client_id)?,
+        // One transactional id per instance: a restarted static instance fences its
+        // predecessor and aborts what that one left open. A dynamic instance's id is
+        // new at each start (its client id); what a killed one left open is aborted by
+        // the broker after the transaction timeout.
+        ProcessingGuarantee::ExactlyOnceV2 => transaction::transactional_producer(
+            &settings.kafka,
+            &settings.client_id,
+            &match &settings.instance_id {
+                Some(instance) => format!("{}-{instance}", topics.processor_group()),
+                None => settings.client_id.clone(),
+            },
+        )?,
+    };
+    tracing::info!(
+        partitions,
+        group = %topics.processor_group(),
+        guarantee = settings.guarantee.as_str(),
+        "processor started"
+    );
 
     let mut runtime = Runtime {
         settings: &settings,
@@ -125,6 +146,7 @@ pub async fn run(
         incomplete: BTreeMap::new(),
         next_first: 0,
         work_in_hand: false,
+        uncommitted: false,
     };
     let failures = runtime.metrics.failures.clone();
     let result = drive(&mut runtime, &mut consumer, &failures, &mut shutdown).await;
@@ -147,6 +169,9 @@ struct Runtime<'s> {
     next_first: usize,
     /// Whether the last batch was cut by its limit (see [`Stage::intake`]).
     work_in_hand: bool,
+    /// Whether the stores hold writes of a batch whose transaction has not committed
+    /// (exactly-once): the tasks may then not be closed clean.
+    uncommitted: bool,
 }
 
 /// Most records read per intake.
@@ -203,6 +228,28 @@ impl Stage for Runtime<'_> {
             effects.records.values().sum::<u64>() >= self.settings.max_batch_records as u64;
         if effects.commit.is_empty() {
             return Ok(None);
+        }
+        if self.settings.guarantee == ProcessingGuarantee::ExactlyOnceV2 {
+            // A failed transaction ends the run: the stores hold the aborted batch, so
+            // the tasks are closed without a checkpoint and restored from the
+            // changelogs (which hold committed records only) when they open again.
+            self.uncommitted = true;
+            let delivered = transaction::commit_transaction(
+                &self.producer,
+                consumer,
+                &effects.outbound,
+                &effects.commit,
+            )
+            .await?;
+            self.uncommitted = false;
+            return Ok(Some(Durable {
+                offsets: BTreeMap::new(),
+                done: Done {
+                    effects,
+                    delivered,
+                    started,
+                },
+            }));
         }
         let failures = &self.metrics.failures;
         let delivered = retry_transient(
@@ -268,6 +315,13 @@ impl Runtime<'_> {
                 touched.insert(record.partition);
             }
         }
+        // Under exactly-once a task's checkpoint is written only when it closes clean:
+        // between two batches the stores are as committed, but while one is processed
+        // they run ahead of it, and a crash then must not find a checkpoint vouching for
+        // them.
+        if self.settings.guarantee == ProcessingGuarantee::ExactlyOnceV2 {
+            return Ok(());
+        }
         for partition in touched {
             let due = |task: &&mut Task| task.checkpointed.elapsed() >= CHECKPOINT_INTERVAL;
             if let Some(task) = self.tasks.get_mut(&partition).filter(due) {
@@ -285,6 +339,13 @@ impl Runtime<'_> {
     fn close_all_tasks(&mut self) -> Result<(), ProcessorError> {
         let mut result = Ok(());
         for (partition, task) in std::mem::take(&mut self.tasks) {
+            if self.uncommitted {
+                tracing::info!(
+                    task = partition,
+                    "task closed with an aborted batch in its stores; it restores from its changelogs when it opens again"
+                );
+                continue;
+            }
             if let Err(source) = task.close() {
                 result = Err(ProcessorError::State {
                     task: partition,

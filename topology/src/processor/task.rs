@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use feedstream_core::event::InputTopic;
 use feedstream_core::feed::TaskStores;
 use feedstream_core::stream_time::StreamTime;
-use feedstream_kafka::InputRecord;
+use feedstream_kafka::{InputRecord, ProcessingGuarantee};
 use feedstream_stores::{RocksDbStore, StoreName};
 
 use super::ProcessorSettings;
@@ -88,6 +88,11 @@ impl Task {
                 full = outcome.full_restore_reason.as_deref().unwrap_or("no"),
                 "store restored"
             );
+        }
+        if settings.guarantee == ProcessingGuarantee::ExactlyOnceV2 {
+            // From now on the stores may hold writes not yet committed: only a clean
+            // close writes a checkpoint again (see `Runtime::checkpoint_after_commit`).
+            Checkpoint::remove(&dir)?;
         }
         let mut task = Self {
             partition,
