@@ -323,6 +323,12 @@ pub struct ProcessArgs {
     /// intake takes only records already fetched.
     #[arg(long, env = "FEEDSTREAM_PROCESS_BATCH_WAIT_MS", default_value_t = 50)]
     pub process_batch_wait_ms: u64,
+    /// How long a processing cycle goes on reading after its first record before it
+    /// processes up to --process-batch-records of them and commits, in milliseconds
+    /// (Kafka Streams' commit.interval.ms): fewer, larger commits (transactions under
+    /// exactly_once_v2) for more latency. 0: a cycle takes what has arrived.
+    #[arg(long, env = "FEEDSTREAM_COMMIT_INTERVAL_MS", default_value_t = 0)]
+    pub commit_interval_ms: u64,
     /// How long a task whose other input is empty waits for records of it not yet
     /// produced, in milliseconds (Kafka Streams' max.task.idle.ms, and its default 0).
     /// An input the broker still holds records of is always waited for, whatever this

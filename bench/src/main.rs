@@ -72,6 +72,10 @@ struct Args {
     visibility_seconds: u64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// `--commit-interval-ms` of the processor in the exactly-once phases (0, as in the
+    /// at-least-once ones, isolates the cost of one transaction per batch).
+    #[arg(long, default_value_t = 0)]
+    exactly_once_commit_interval_ms: u64,
 }
 
 /// How long any phase may take to drain before the bench gives up.
@@ -163,6 +167,9 @@ struct Bench {
     phase_started: Instant,
     /// Input events the API acknowledged so far.
     accepted: u64,
+    /// What processors stopped before the running one counted (their counters are
+    /// gone with them): input records and feed changes.
+    processed_before: (f64, f64),
 }
 
 impl Bench {
@@ -232,6 +239,7 @@ impl Bench {
             last_cpu,
             phase_started: Instant::now(),
             accepted: 0,
+            processed_before: (0.0, 0.0),
         })
     }
 
@@ -263,12 +271,15 @@ impl Bench {
     /// made durable every feed change the processor produced.
     async fn await_drained(&self) -> anyhow::Result<()> {
         let accepted = self.accepted as f64;
+        let (records_before, changes_before) = self.processed_before;
         feedstream_harness::poll_until(DRAIN_DEADLINE, POLL, "the pipeline to drain", || async {
             let processor = self.scrape(&self.process_url).await?;
             let sink = self.scrape(&self.sink_url).await?;
-            Ok(processor.sum("processor_records_total", "") >= accepted
-                && sink.sum("sink_feed_changes_applied_total", "sink=\"postgres\"")
-                    >= processor.sum("processor_feed_changes_total", ""))
+            Ok(
+                records_before + processor.sum("processor_records_total", "") >= accepted
+                    && sink.sum("sink_feed_changes_applied_total", "sink=\"postgres\"")
+                        >= changes_before + processor.sum("processor_feed_changes_total", ""),
+            )
         })
         .await
     }
@@ -377,6 +388,24 @@ impl Bench {
             peak_rss_mb: system::peak_rss_bytes(processor_pid).unwrap_or(0) as f64 / 1e6,
         };
 
+        say(&format!(
+            "phase: post → visible at {rate:.0} posts/s under exactly-once (the processor \
+             restarts with --processing-guarantee exactly_once_v2)"
+        ));
+        let exactly_once = [
+            "--processing-guarantee",
+            "exactly_once_v2",
+            "--commit-interval-ms",
+            &args.exactly_once_commit_interval_ms.to_string(),
+        ];
+        self.restart_processor(&mut processor, &exactly_once, "process-exactly-once.log")
+            .await?;
+        self.await_tasks(args.partitions).await?;
+        let visibility_exactly_once = self
+            .visibility(args, &target, &graph, &probes, rate)
+            .await?;
+        self.phase_done("posts: half load, exactly-once");
+
         say("phase: state restore (the processor stops, its state is wiped, it restarts)");
         let restore = self
             .restore(args, &mut processor, &ceilings)
@@ -385,17 +414,32 @@ impl Bench {
         self.phase_done("restore");
 
         say("phase: backlog (a second application replays every input record)");
+        system::terminate(&mut processor, Duration::from_secs(60)).await?;
+        system::terminate(&mut sink, Duration::from_secs(60)).await?;
+        let input_records = self.accepted as f64;
         let replay = self
             .replay(
-                &mut processor,
-                &mut sink,
                 args.partitions,
-                processor_cost.input_records,
+                input_records,
                 &ceilings,
+                "bench-replay",
+                &[],
             )
             .await
             .context("replaying the inputs")?;
         self.phase_done("backlog");
+        say("phase: backlog under exactly-once (a third application replays them)");
+        let replay_exactly_once = self
+            .replay(
+                args.partitions,
+                input_records,
+                &ceilings,
+                "bench-replay-eos",
+                &exactly_once,
+            )
+            .await
+            .context("replaying the inputs under exactly-once")?;
+        self.phase_done("backlog: exactly-once");
 
         let mut counts: Vec<usize> = (1..=graph.users)
             .map(|user| graph.follower_count(user))
@@ -425,10 +469,12 @@ impl Bench {
             posts,
             materialization,
             visibility,
+            visibility_exactly_once,
             reads_miss,
             reads_hit,
             restore,
             replay,
+            replay_exactly_once,
             processor: processor_cost,
             cpu: std::mem::take(&mut self.cpu),
             targets: Vec::new(),

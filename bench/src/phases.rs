@@ -187,27 +187,44 @@ impl Bench {
         })
     }
 
-    /// Stops the processor and the sink, then starts a processor of another application
-    /// (its own consumer group, changelogs and state) that reads every input record from
-    /// the beginning: a pre-produced backlog of `input_records`. Done when it has
-    /// processed them all.
-    pub(crate) async fn replay(
+    /// Stops the processor and starts it again with `extra` arguments; what the stopped
+    /// one processed is kept for [`Bench::await_drained`].
+    pub(crate) async fn restart_processor(
         &mut self,
         processor: &mut Child,
-        sink: &mut Child,
+        extra: &[&str],
+        log: &str,
+    ) -> anyhow::Result<()> {
+        let metrics = self.scrape(&self.process_url).await?;
+        self.processed_before.0 += metrics.sum("processor_records_total", "");
+        self.processed_before.1 += metrics.sum("processor_feed_changes_total", "");
+        system::terminate(processor, Duration::from_secs(60)).await?;
+        let mut args = vec!["process"];
+        args.extend_from_slice(extra);
+        *processor = self.feedstream.spawn(&args, log)?;
+        self.watch("process", processor);
+        Ok(())
+    }
+
+    /// Starts a processor of another application, `application` (its own consumer
+    /// group, changelogs and state), with `extra` arguments, that reads every input
+    /// record from the beginning: a pre-produced backlog of `input_records`. Done when
+    /// it has processed them all. The bench's own processor and sink are stopped.
+    pub(crate) async fn replay(
+        &mut self,
         partitions: i32,
         input_records: f64,
         ceilings: &Ceilings,
+        application: &str,
+        extra: &[&str],
     ) -> anyhow::Result<Replay> {
-        system::terminate(processor, Duration::from_secs(60)).await?;
-        system::terminate(sink, Duration::from_secs(60)).await?;
         let port = feedstream_harness::free_port()?;
         let env = [
-            ("FEEDSTREAM_APPLICATION_ID", "bench-replay".to_string()),
+            ("FEEDSTREAM_APPLICATION_ID", application.to_string()),
             (
                 "FEEDSTREAM_STATE_DIR",
                 self.state_dir
-                    .with_file_name("replay-state")
+                    .with_file_name(format!("{application}-state"))
                     .display()
                     .to_string(),
             ),
@@ -226,9 +243,11 @@ impl Bench {
             )
             .await?;
         let started = Instant::now();
-        let mut replaying = self
-            .feedstream
-            .spawn_with(&["process"], "process-replay.log", &env)?;
+        let mut args = vec!["process"];
+        args.extend_from_slice(extra);
+        let mut replaying =
+            self.feedstream
+                .spawn_with(&args, &format!("process-{application}.log"), &env)?;
         self.watch("process (replaying)", &replaying);
         let url = format!("http://127.0.0.1:{port}");
         feedstream_harness::poll_until(

@@ -18,6 +18,16 @@ use crate::metrics::LagLabels;
 use crate::settings::{consumer_config, with_consumer_properties};
 use crate::{InputRecord, KafkaFailure, KafkaSettings, TopicPartition};
 
+/// What one read of a [`GroupConsumer`] may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Intake {
+    pub max_records: usize,
+    /// How long the read waits for a first record.
+    pub max_wait: Duration,
+    /// How long, after the first record, it goes on taking records as they arrive.
+    pub linger: Duration,
+}
+
 #[derive(Debug, Default)]
 pub struct Batch {
     pub records: Vec<InputRecord>,
@@ -90,16 +100,16 @@ impl GroupConsumer {
         })
     }
 
-    /// Waits up to `max_wait` for a first record, then takes the records already
-    /// fetched, up to `max_records`, without waiting for more: a record is handed on at
-    /// once when traffic is light, and batches grow by themselves under load (from what
-    /// arrived while the last batch was written). Stops early at a membership change or
-    /// at shutdown. Records of the returned batch all precede its changes. Fails only
-    /// when the client failed for good ([`KafkaFailure::Fatal`]).
+    /// Waits up to `intake.max_wait` for a first record, then takes records for
+    /// `intake.linger` more (zero: only those already fetched), up to
+    /// `intake.max_records`: a record is handed on at once when traffic is light, and
+    /// batches grow by themselves under load (from what arrived while the last batch
+    /// was written). Stops early at a membership change or at shutdown. Records of the
+    /// returned batch all precede its changes. Fails only when the client failed for
+    /// good ([`KafkaFailure::Fatal`]).
     pub async fn next_batch(
         &mut self,
-        max_records: usize,
-        max_wait: Duration,
+        intake: Intake,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Batch, KafkaFailure> {
         let mut batch = Batch::default();
@@ -108,22 +118,21 @@ impl GroupConsumer {
                 tracing::debug!(%error, "earlier offsets still not committed");
             }
         }
+        let now = tokio::time::Instant::now();
+        // Until when this read takes records: the first one's wait, then its linger.
+        let mut until = now + intake.max_wait;
         if let Some(record) = self.held.take() {
             batch.records.push(record);
+            until = now + intake.linger;
         }
-        let deadline = tokio::time::Instant::now() + max_wait;
-        while batch.records.len() < max_records && !*shutdown.borrow() {
+        while batch.records.len() < intake.max_records && !*shutdown.borrow() {
             if self.consumer.context().has_changes() {
                 break;
             }
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let remaining = until.saturating_duration_since(tokio::time::Instant::now());
             // A zero step still takes a record already fetched (the receive is polled
             // once before the timeout is looked at).
-            let step = if batch.records.is_empty() {
-                remaining.min(Duration::from_millis(100))
-            } else {
-                Duration::ZERO
-            };
+            let step = remaining.min(Duration::from_millis(100));
             let received = tokio::select! {
                 received = tokio::time::timeout(step, self.consumer.recv()) => {
                     received.map(|received| received.map(|message| InputRecord::from_message(&message)))
@@ -135,6 +144,9 @@ impl GroupConsumer {
                     if self.consumer.context().has_changes() {
                         self.held = Some(record);
                         break;
+                    }
+                    if batch.records.is_empty() {
+                        until = tokio::time::Instant::now() + intake.linger;
                     }
                     batch.records.push(record);
                 }
@@ -152,8 +164,12 @@ impl GroupConsumer {
                         break;
                     }
                 }
-                // Nothing more already fetched: hand on what there is.
-                Err(_) if !batch.records.is_empty() => break,
+                // Nothing more fetched within the linger: hand on what there is.
+                Err(_) if !batch.records.is_empty() => {
+                    if remaining.is_zero() {
+                        break;
+                    }
+                }
                 // Nothing fetched: a client that failed for good fetches nothing ever.
                 Err(_) => {
                     if let Some((code, reason)) = self.consumer.client().fatal_error() {

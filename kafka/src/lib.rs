@@ -19,7 +19,7 @@ pub mod topics;
 pub mod transaction;
 
 pub use failure::KafkaFailure;
-pub use group_consumer::{Batch, GroupConsumer, MemberIdentity};
+pub use group_consumer::{Batch, GroupConsumer, Intake, MemberIdentity};
 pub use membership::MembershipChange;
 pub use metrics::FailureMetrics;
 pub use outbox::{deliver, Outbox};

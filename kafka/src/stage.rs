@@ -10,25 +10,16 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::{Batch, FailureMetrics, GroupConsumer, KafkaFailure, TopicPartition};
+use crate::{Batch, FailureMetrics, GroupConsumer, Intake, KafkaFailure, TopicPartition};
 
 /// Work a stage made durable: the input offsets it may commit (next offset to read, per
 /// partition) and what it needs once they are committed.
 pub struct Durable<D> {
     pub offsets: BTreeMap<TopicPartition, i64>,
     pub done: D,
-}
-
-/// What the next read of a stage may take.
-#[derive(Debug, Clone, Copy)]
-pub struct Intake {
-    pub max_records: usize,
-    /// How long the read waits for a first record.
-    pub max_wait: Duration,
 }
 
 /// One stage of the topology, driven by [`drive`].
@@ -66,10 +57,7 @@ pub async fn drive<S: Stage>(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), S::Error> {
     while !*shutdown.borrow() {
-        let intake = stage.intake();
-        let batch = consumer
-            .next_batch(intake.max_records, intake.max_wait, shutdown)
-            .await?;
+        let batch = consumer.next_batch(stage.intake(), shutdown).await?;
         stage.take(consumer, batch)?;
         let Some(durable) = stage.make_durable(consumer, shutdown).await? else {
             continue;

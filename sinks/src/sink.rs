@@ -14,11 +14,11 @@ use chrono::{TimeZone, Utc};
 use feedstream_core::event::{Envelope, EventBody, FeedChange, FeedEvent, InputTopic};
 use feedstream_core::retry::RetryPolicy;
 use feedstream_kafka::dead_letter::{dead_letter, now_ms, Failure, Stage};
-use feedstream_kafka::stage::{self, drive, Durable, Intake};
+use feedstream_kafka::stage::{self, drive, Durable};
 use feedstream_kafka::topics::{verify_layout, Topics};
 use feedstream_kafka::{
-    self as kafka, GroupConsumer, InputRecord, KafkaSettings, MemberIdentity, MembershipChange,
-    TopicPartition,
+    self as kafka, GroupConsumer, InputRecord, Intake, KafkaSettings, MemberIdentity,
+    MembershipChange, TopicPartition,
 };
 use feedstream_kafka::{retry_transient, Batch, Retry};
 use sqlx::PgPool;
@@ -99,6 +99,7 @@ impl stage::Stage for SinkStage<'_> {
         Intake {
             max_records: self.writer.settings.max_batch_records,
             max_wait: self.writer.settings.max_batch_wait,
+            linger: Duration::ZERO,
         }
     }
 

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use feedstream_core::feed::FeedRules;
 use feedstream_core::retry::RetryPolicy;
-use feedstream_kafka::stage::{drive, Durable, Intake, Stage};
+use feedstream_kafka::stage::{drive, Durable, Stage};
 use feedstream_kafka::topics::{verify_layout, Topics, TopicsError};
 use feedstream_kafka::transaction;
 use feedstream_kafka::{
-    self as kafka, retry_transient, Batch, Delivered, GroupConsumer, InputRecord, KafkaFailure,
-    KafkaSettings, MemberIdentity, ProcessingGuarantee, Retry, TopicPartition,
+    self as kafka, retry_transient, Batch, Delivered, GroupConsumer, InputRecord, Intake,
+    KafkaFailure, KafkaSettings, MemberIdentity, ProcessingGuarantee, Retry, TopicPartition,
 };
 use feedstream_stores::{StoreError, StoreName};
 use tokio::sync::watch;
@@ -44,6 +44,10 @@ pub struct ProcessorSettings {
     pub rules: FeedRules,
     pub max_batch_records: usize,
     pub max_batch_wait: Duration,
+    /// How long a cycle goes on reading after its first record before it processes
+    /// and commits (Kafka Streams' commit.interval.ms): fewer, larger commits (and
+    /// transactions) at the price of latency. Zero: a cycle takes what has arrived.
+    pub commit_interval: Duration,
     /// How long a task whose other input is empty and caught up waits for records of
     /// it not yet produced (an input that is not caught up is always waited for).
     pub max_task_idle: Duration,
@@ -190,15 +194,20 @@ impl Stage for Runtime<'_> {
 
     /// A read waits for records only when the last batch left nothing ready: with
     /// records in hand (a backlog, every buffer full and its partitions paused), the
-    /// wait would only delay them.
+    /// wait would only delay them. Otherwise it gathers for the commit interval.
     fn intake(&self) -> Intake {
-        Intake {
-            max_records: INTAKE_RECORDS,
-            max_wait: if self.work_in_hand {
-                Duration::ZERO
-            } else {
-                self.settings.max_batch_wait
-            },
+        if self.work_in_hand {
+            Intake {
+                max_records: INTAKE_RECORDS,
+                max_wait: Duration::ZERO,
+                linger: Duration::ZERO,
+            }
+        } else {
+            Intake {
+                max_records: INTAKE_RECORDS,
+                max_wait: self.settings.max_batch_wait,
+                linger: self.settings.commit_interval,
+            }
         }
     }
 
