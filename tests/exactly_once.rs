@@ -134,6 +134,13 @@ async fn killed_again_and_again(guarantee: &str) -> anyhow::Result<Seen> {
         "{guarantee}: feeds differ from the model: {found}"
     );
 
+    // The last processor's own count: transactions only under exactly-once.
+    let committed = metric(port, "processor_transactions_total{outcome=\"committed\"}").await?;
+    assert_eq!(
+        committed > 0.0,
+        guarantee == "exactly_once_v2",
+        "{guarantee}: {committed} transactions committed"
+    );
     let values = tokio::task::block_in_place(|| {
         topic_values(&deployment.brokers, &deployment.topic("feed-events"))
     })?;

@@ -23,7 +23,7 @@ use tokio::process::Child;
 use feedstream_harness::Scrape;
 use graph::{Graph, Op};
 use load::{closed_loop, Target};
-use report::{Ceilings, Phase, PhaseCpu, ProcessorCost, Report, Workload};
+use report::{Ceilings, Phase, PhaseCpu, ProcessorCost, Report, Transactions, Workload};
 use system::{Component, CpuSnapshot, Feedstream};
 
 #[derive(Debug, Parser)]
@@ -404,6 +404,16 @@ impl Bench {
         let visibility_exactly_once = self
             .visibility(args, &target, &graph, &probes, rate)
             .await?;
+        let metrics = self.scrape(&self.process_url).await?;
+        let transactions = Transactions {
+            committed: metrics.sum("processor_transactions_total", "outcome=\"committed\""),
+            aborted: metrics.sum("processor_transactions_total", "outcome=\"aborted\""),
+            restored_records: metrics.sum("state_restore_records_total", ""),
+            mean_batch_seconds: metrics.sum("processor_batch_duration_seconds_sum", "")
+                / metrics
+                    .sum("processor_batch_duration_seconds_count", "")
+                    .max(1.0),
+        };
         self.phase_done("posts: half load, exactly-once");
 
         say("phase: state restore (the processor stops, its state is wiped, it restarts)");
@@ -470,6 +480,7 @@ impl Bench {
             materialization,
             visibility,
             visibility_exactly_once,
+            transactions,
             reads_miss,
             reads_hit,
             restore,

@@ -24,6 +24,9 @@ pub struct Report {
     pub visibility: Visibility,
     /// The same, with the processor under exactly_once_v2.
     pub visibility_exactly_once: Visibility,
+    /// What the processor under exactly_once_v2 did from its start to the end of that
+    /// phase.
+    pub transactions: Transactions,
     pub reads_miss: Reads,
     pub reads_hit: Reads,
     pub restore: Restore,
@@ -113,6 +116,15 @@ pub struct Visibility {
     pub lost_probes: u64,
     pub latency: Latency,
     pub timeline: Vec<Window>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Transactions {
+    pub committed: f64,
+    pub aborted: f64,
+    /// Changelog records it restored: after an abort its tasks restore from the start.
+    pub restored_records: f64,
+    pub mean_batch_seconds: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -558,6 +570,17 @@ impl Report {
             b.cpu_seconds,
             e.p50_ms / v.p50_ms.max(1e-9),
             e.p99_ms / v.p99_ms.max(1e-9)
+        );
+        let t = &self.transactions;
+        let _ = writeln!(
+            md,
+            "In the half-rate phase the exactly-once processor committed {} transactions \
+             and aborted {} (it restored {} changelog records); a batch took {:.0} ms on \
+             average.\n",
+            figure(t.committed),
+            figure(t.aborted),
+            figure(t.restored_records),
+            t.mean_batch_seconds * 1000.0
         );
         let p = &self.processor;
         let _ = writeln!(

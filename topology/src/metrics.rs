@@ -21,6 +21,12 @@ pub struct EventTypeLabel {
     pub r#type: &'static str,
 }
 
+/// How a transaction ended (exactly-once): `committed` or `aborted`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
     pub task: i32,
@@ -38,6 +44,7 @@ pub struct ProcessorMetrics {
     pub fanout_size: Histogram,
     pub failures: FailureMetrics,
     pub batch_seconds: Histogram,
+    pub transactions: Family<OutcomeLabel, Counter>,
     pub active_tasks: Gauge,
     pub tasks_opened: Counter,
     pub waiting_tasks: Gauge,
@@ -65,6 +72,7 @@ impl ProcessorMetrics {
             fanout_size: Histogram::new(exponential_buckets(1.0, 2.0, 21)),
             failures,
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            transactions: Family::default(),
             active_tasks: Gauge::default(),
             tasks_opened: Counter::default(),
             waiting_tasks: Gauge::default(),
@@ -110,6 +118,11 @@ impl ProcessorMetrics {
             "processor_batch_duration_seconds",
             "Time from the end of intake to the commit of a batch",
             metrics.batch_seconds.clone(),
+        );
+        registry.register(
+            "processor_transactions",
+            "Transactions of the processor under exactly_once_v2, by outcome; each abort ends the run and makes its tasks restore from their changelogs",
+            metrics.transactions.clone(),
         );
         registry.register(
             "processor_active_tasks",

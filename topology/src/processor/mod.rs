@@ -29,7 +29,7 @@ use feedstream_kafka::{
 use feedstream_stores::{StoreError, StoreName};
 use tokio::sync::watch;
 
-use crate::metrics::{ProcessorMetrics, TopicLabel};
+use crate::metrics::{OutcomeLabel, ProcessorMetrics, TopicLabel};
 use crate::state::StateError;
 use records::Effects;
 pub use task::task_dir;
@@ -243,13 +243,23 @@ impl Stage for Runtime<'_> {
             // the tasks are closed without a checkpoint and restored from the
             // changelogs (which hold committed records only) when they open again.
             self.uncommitted = true;
-            let delivered = transaction::commit_transaction(
+            let committed = transaction::commit_transaction(
                 &self.producer,
                 consumer,
                 &effects.outbound,
                 &effects.commit,
             )
-            .await?;
+            .await;
+            let outcome = if committed.is_ok() {
+                "committed"
+            } else {
+                "aborted"
+            };
+            self.metrics
+                .transactions
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc();
+            let delivered = committed?;
             self.uncommitted = false;
             return Ok(Some(Durable {
                 offsets: BTreeMap::new(),
