@@ -149,7 +149,6 @@ pub async fn run(
         paused: BTreeSet::new(),
         incomplete: BTreeMap::new(),
         next_first: 0,
-        work_in_hand: false,
         uncommitted: false,
     };
     let failures = runtime.metrics.failures.clone();
@@ -171,8 +170,6 @@ struct Runtime<'s> {
     incomplete: BTreeMap<i32, Vec<InputRecord>>,
     /// Task that goes first in the next processing round (round-robin).
     next_first: usize,
-    /// Whether the last batch was cut by its limit (see [`Stage::intake`]).
-    work_in_hand: bool,
     /// Whether the stores hold writes of a batch whose transaction has not committed
     /// (exactly-once): the tasks may then not be closed clean.
     uncommitted: bool,
@@ -192,22 +189,12 @@ impl Stage for Runtime<'_> {
     type Error = ProcessorError;
     type Done = Done;
 
-    /// A read waits for records only when the last batch left nothing ready: with
-    /// records in hand (a backlog, every buffer full and its partitions paused), the
-    /// wait would only delay them. Otherwise it gathers for the commit interval.
+    /// A read waits for a first record, then gathers for the commit interval.
     fn intake(&self) -> Intake {
-        if self.work_in_hand {
-            Intake {
-                max_records: INTAKE_RECORDS,
-                max_wait: Duration::ZERO,
-                linger: Duration::ZERO,
-            }
-        } else {
-            Intake {
-                max_records: INTAKE_RECORDS,
-                max_wait: self.settings.max_batch_wait,
-                linger: self.settings.commit_interval,
-            }
+        Intake {
+            max_records: INTAKE_RECORDS,
+            max_wait: self.settings.max_batch_wait,
+            linger: self.settings.commit_interval,
         }
     }
 
@@ -232,9 +219,6 @@ impl Stage for Runtime<'_> {
     ) -> Result<Option<Durable<Done>>, ProcessorError> {
         let started = Instant::now();
         let mut effects = self.process_ready(consumer)?;
-        // A full batch stopped at its limit, not for want of ready records.
-        self.work_in_hand =
-            effects.records.values().sum::<u64>() >= self.settings.max_batch_records as u64;
         if effects.commit.is_empty() {
             return Ok(None);
         }
