@@ -218,15 +218,21 @@ impl Stage for Runtime<'_> {
         shutdown: &watch::Receiver<bool>,
     ) -> Result<Option<Durable<Done>>, ProcessorError> {
         let started = Instant::now();
+        let exactly_once = self.settings.guarantee == ProcessingGuarantee::ExactlyOnceV2;
+        // From the first store write of the batch until its transaction commits, the
+        // stores are ahead of what is committed: a failure in between (a store's, a
+        // transaction's) must not let the tasks close clean.
+        self.uncommitted = exactly_once;
         let mut effects = self.process_ready(consumer)?;
         if effects.commit.is_empty() {
+            // Nothing was processed, so nothing was written.
+            self.uncommitted = false;
             return Ok(None);
         }
-        if self.settings.guarantee == ProcessingGuarantee::ExactlyOnceV2 {
+        if exactly_once {
             // A failed transaction ends the run: the stores hold the aborted batch, so
             // the tasks are closed without a checkpoint and restored from the
             // changelogs (which hold committed records only) when they open again.
-            self.uncommitted = true;
             let committed = transaction::commit_transaction(
                 &self.producer,
                 consumer,
