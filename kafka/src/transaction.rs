@@ -57,6 +57,9 @@ impl FromStr for ProcessingGuarantee {
 /// transaction holds back every read_committed reader of the partitions it wrote.
 pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The retry backoff of a transactional producer (see [`transactional_producer`]).
+const CONCURRENT_TRANSACTIONS_BACKOFF: Duration = Duration::from_millis(20);
+
 /// A producer whose records belong to transactions of `transactional_id`, registered
 /// with the broker: starting it fences an earlier producer of the same id (a zombie of
 /// this instance) and aborts that producer's open transaction.
@@ -74,7 +77,12 @@ pub fn transactional_producer(
             TRANSACTION_TIMEOUT.as_millis().to_string(),
         )
         // librdkafka requires a delivery to time out within its transaction.
-        .set("message.timeout.ms", delivery.as_millis().to_string());
+        .set("message.timeout.ms", delivery.as_millis().to_string())
+        // A transaction begun right after the previous commit finds the coordinator
+        // still writing that commit's markers: it answers CONCURRENT_TRANSACTIONS and
+        // the client retries after this backoff. librdkafka's 100 ms default made every
+        // cycle at least that long; Java's producer uses 20 ms here (KAFKA-5477).
+        .set("retry.backoff.ms", CONCURRENT_TRANSACTIONS_BACKOFF.as_millis().to_string());
     let producer: Producer = config
         .create_with_context(crate::client_log::KafkaContext)
         .map_err(KafkaFailure::Configuration)?;
