@@ -12,7 +12,9 @@ use std::collections::BTreeSet;
 
 use common::{Deployment, Engines};
 use feedstream_core::ids::{PostId, UserId};
-use feedstream_read::{connect_postgres, migrate, FeedCache, FeedReader, PageRequest, ReadMetrics};
+use feedstream_read::{
+    connect_postgres, migrate, CacheOp, CachedPost, FeedCache, FeedReader, PageRequest, ReadMetrics,
+};
 use sqlx::PgPool;
 
 /// One feed as the sink would have stored it.
@@ -129,6 +131,8 @@ fn random_feed(rng: &mut fastrand::Rng, owner: i64) -> StoredFeed {
 
 struct Reader {
     reader: FeedReader,
+    cache: FeedCache,
+    metrics: ReadMetrics,
 }
 
 impl Reader {
@@ -137,14 +141,21 @@ impl Reader {
         // Redis restart.
         let prefix = format!("{}{:08x}:", deployment.redis_prefix, fastrand::u32(..));
         let cache = FeedCache::connect(&deployment.redis_url, &prefix, cap)?;
+        let metrics = ReadMetrics::default();
         Ok(Self {
             reader: FeedReader::new(
                 pool.clone(),
                 &deployment.database_url,
-                cache,
-                ReadMetrics::default(),
+                cache.clone(),
+                metrics.clone(),
             ),
+            cache,
+            metrics,
         })
+    }
+
+    fn postgres_queries(&self) -> u64 {
+        self.metrics.postgres_queries.get()
     }
 
     /// Every page through the `next` cursor (`max_id` = the oldest id a page covered),
@@ -219,6 +230,7 @@ async fn pages_equal_the_feed_from_a_cold_and_a_filled_cache_for_caps_below_and_
     }
 
     let mut checked = 0;
+    let mut unread = 0;
     for cap in [1, 2, 3, 5, 8, 20, 100] {
         for limit in [1, 2, 3, 7, 10, 40] {
             let reader = Reader::new(&deployment, &pool, cap).await?;
@@ -236,12 +248,24 @@ async fn pages_equal_the_feed_from_a_cold_and_a_filled_cache_for_caps_below_and_
                     "{}",
                     what("cold cache")
                 );
+                let before = reader.postgres_queries();
                 assert_eq!(
                     reader.scroll(feed.owner, limit).await?,
                     expected,
                     "{}",
                     what("filled cache")
                 );
+                // A cap above the feed's length caches all of it: no page reads
+                // PostgreSQL, bodies and merged posts included.
+                if cap >= 100 {
+                    assert_eq!(
+                        reader.postgres_queries(),
+                        before,
+                        "{}",
+                        what("filled cache, PostgreSQL queries")
+                    );
+                    unread += 1;
+                }
                 assert_eq!(
                     reader.scroll_up(feed.owner, limit).await?,
                     expected,
@@ -271,5 +295,111 @@ async fn pages_equal_the_feed_from_a_cold_and_a_filled_cache_for_caps_below_and_
         }
     }
     assert_eq!(checked, 7 * 6 * feeds.len());
+    assert_eq!(unread, 6 * feeds.len());
+    Ok(())
+}
+
+/// The sink's cache writes keep a filled cache equal to PostgreSQL: after a merged post
+/// is deleted, a merged author unfollowed, a new merged post and a new follow, every
+/// page is the new feed, read from Redis alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sinks_cache_writes_keep_a_filled_cache_exact_without_postgres() -> anyhow::Result<()> {
+    let engines = Engines::from_env();
+    let deployment = Deployment::new(&engines).await?;
+    let pool = connect_postgres(&deployment.database_url)?;
+    migrate(&pool).await?;
+    let mut feed = StoredFeed {
+        owner: 7,
+        entries: vec![(701, 8), (704, 8), (707, 8)],
+        merged_authors: vec![(0, 21), (0, 22)],
+        merged_posts: vec![(702, 21), (703, 22), (705, 21), (706, 22)],
+        deleted: BTreeSet::new(),
+    };
+    feed.store(&pool).await?;
+    let reader = Reader::new(&deployment, &pool, 100).await?;
+    assert_eq!(reader.scroll(feed.owner, 2).await?, feed.expected());
+    let filled = reader.postgres_queries();
+    assert!(filled > 0, "a cold cache reads PostgreSQL");
+
+    // What the sink writes to PostgreSQL, and the operations it mirrors.
+    sqlx::query("UPDATE posts SET deleted_at = now(), content = '' WHERE post_id = 705")
+        .execute(&pool)
+        .await?;
+    sqlx::query("DELETE FROM merged_posts WHERE post_id = 705")
+        .execute(&pool)
+        .await?;
+    sqlx::query("DELETE FROM follows WHERE user_id = 7 AND author_id = 22")
+        .execute(&pool)
+        .await?;
+    let new_posts = [(708, 21), (709, 23)];
+    for (post_id, author) in new_posts {
+        sqlx::query("INSERT INTO posts (post_id, author_id, content, created_at) VALUES ($1, $2, 'new', now())")
+            .bind(post_id)
+            .bind(author)
+            .execute(&pool)
+            .await?;
+        sqlx::query("INSERT INTO merged_posts (author_id, post_id) VALUES ($1, $2)")
+            .bind(author)
+            .bind(post_id)
+            .execute(&pool)
+            .await?;
+    }
+    sqlx::query("INSERT INTO follows (user_id, author_id, min_post_id) VALUES (7, 23, 709)")
+        .execute(&pool)
+        .await?;
+    let post = |post_id: i64, author: i64| {
+        CacheOp::Post(CachedPost {
+            post_id,
+            author,
+            created_ms: 1_700_000_000_000,
+            content: "new".to_string(),
+        })
+    };
+    reader
+        .cache
+        .apply(&[
+            CacheOp::MergedRemoved {
+                author: 21,
+                post_id: 705,
+            },
+            CacheOp::PostDeleted { post_id: 705 },
+            CacheOp::Unfollowed {
+                owner: 7,
+                author: 22,
+            },
+            post(708, 21),
+            CacheOp::Merged {
+                author: 21,
+                post_id: 708,
+            },
+            post(709, 23),
+            CacheOp::Merged {
+                author: 23,
+                post_id: 709,
+            },
+            CacheOp::Followed {
+                owner: 7,
+                author: 23,
+                min_post_id: 709,
+            },
+        ])
+        .await?;
+    feed.deleted.insert(705);
+    feed.merged_authors = vec![(0, 21), (709, 23)];
+    feed.merged_posts.extend(new_posts);
+    let expected = feed.expected();
+    assert_eq!(expected, vec![709, 708, 707, 704, 702, 701]);
+
+    // Author 23's merged posts were never read: that first page reads PostgreSQL once
+    // to cache them; after it, Redis alone serves every page.
+    assert_eq!(reader.scroll(feed.owner, 2).await?, expected);
+    let before = reader.postgres_queries();
+    assert!(
+        before > filled,
+        "author 23's merged posts come from PostgreSQL once"
+    );
+    assert_eq!(reader.scroll(feed.owner, 2).await?, expected);
+    assert_eq!(reader.scroll_up(feed.owner, 3).await?, expected);
+    assert_eq!(reader.postgres_queries(), before);
     Ok(())
 }

@@ -22,19 +22,17 @@ const REDIS: &str = "sink=\"redis\"";
 const APPLIED: &str = "sink_feed_changes_applied_total";
 
 impl Bench {
-    /// Every user's first page once, with Redis emptied of feeds first: each read goes
-    /// to PostgreSQL and fills the cache.
+    /// Every user's first page once, with the read cache emptied first (feeds, follows,
+    /// merged posts, bodies): each read goes to PostgreSQL and fills the cache.
     pub(crate) async fn reads_miss(
         &mut self,
         args: &Args,
         target: &Target,
         ceilings: &Ceilings,
     ) -> anyhow::Result<Reads> {
-        delete_keys(
-            &self.redis_url,
-            &feedstream_read::layout::feed_key_pattern(&self.redis_prefix),
-        )
-        .await?;
+        for pattern in feedstream_read::layout::cache_key_patterns(&self.redis_prefix) {
+            delete_keys(&self.redis_url, &pattern).await?;
+        }
         let users = args.users as usize;
         self.reads(target, ceilings, move |i| {
             (i < users).then_some(Op::Read { user: i as u64 + 1 })

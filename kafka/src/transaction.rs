@@ -82,7 +82,10 @@ pub fn transactional_producer(
         // still writing that commit's markers: it answers CONCURRENT_TRANSACTIONS and
         // the client retries after this backoff. librdkafka's 100 ms default made every
         // cycle at least that long; Java's producer uses 20 ms here (KAFKA-5477).
-        .set("retry.backoff.ms", CONCURRENT_TRANSACTIONS_BACKOFF.as_millis().to_string());
+        .set(
+            "retry.backoff.ms",
+            CONCURRENT_TRANSACTIONS_BACKOFF.as_millis().to_string(),
+        );
     let producer: Producer = config
         .create_with_context(crate::client_log::KafkaContext)
         .map_err(KafkaFailure::Configuration)?;

@@ -1,10 +1,18 @@
-//! Redis holds the newest entries of each feed.
+//! Redis holds what a page of a feed needs, so that a page of a cached feed is one round
+//! trip to Redis and no PostgreSQL: the newest entries of each feed, each user's follows,
+//! the newest posts of each author merged on read, and post bodies.
 //!
 //! Layout: see [`crate::layout`].
 //!
-//! The sink only updates sets that exist, so a set is always a complete top slice of
-//! PostgreSQL. A reader that misses fills the set from PostgreSQL only if the generation
-//! it read before its query is unchanged, so a fill never resurrects a removed entry.
+//! The sink only updates structures that are cached (their meta hash has `c`), so each
+//! is always a complete top slice of PostgreSQL. A reader that misses fills one from
+//! PostgreSQL only if the generation it read before its query is unchanged, so a fill
+//! never resurrects a removed entry or follow. Post bodies are written by the sink as
+//! posts arrive and filled by readers with `SET NX`; a deletion overwrites the body with
+//! `""`, so a fill racing with it cannot bring the body back either.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::Script;
@@ -14,12 +22,24 @@ use crate::range::IdRange;
 use crate::redact::redact;
 use crate::StorageError;
 
-/// How many entries of each feed Redis holds.
+/// How many entries of each feed, and posts of each merged author, Redis holds.
 pub const FEED_CACHE_CAP: usize = 800;
 
-const APPLY: &str = r#"
+/// Users following more authors than this have their follows read from PostgreSQL on
+/// every page: a page script walks the follows of its reader, and must stay short.
+pub const FOLLOWS_CACHE_CAP: usize = 2_000;
+
+/// How long Redis keeps a post's body. Bodies are the one class of keys that expire, so
+/// that Redis under `maxmemory-policy volatile-lru` evicts them first and never a feed;
+/// an evicted body is read from PostgreSQL and cached again.
+pub const POST_CACHE_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
+
+/// Applies one batch of changes to a sorted set (a feed, or an author's merged posts)
+/// and bumps its generation, if the set is cached: `+member` adds, `-member` removes,
+/// then the set is trimmed to the cap (ARGV[1]) and its floor raised.
+const APPLY_SET: &str = r#"
 redis.call('HINCRBY', KEYS[2], 'g', 1)
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if not redis.call('HGET', KEYS[2], 'c') then return 0 end
 local floor = redis.call('HGET', KEYS[2], 'f') or ''
 for i = 2, #ARGV do
   local member = string.sub(ARGV[i], 2)
@@ -37,7 +57,24 @@ end
 return 1
 "#;
 
-const FILL: &str = r#"
+/// Applies follows (`author`, `floor`) and unfollows (`author`, `""`) to a user's cached
+/// follows, bumping their generation.
+const APPLY_FOLLOWS: &str = r#"
+redis.call('HINCRBY', KEYS[2], 'g', 1)
+if not redis.call('HGET', KEYS[2], 'c') then return 0 end
+for i = 1, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 1
+"#;
+
+/// Replaces a sorted set by members read from PostgreSQL (ARGV[3..]) and marks it
+/// cached with floor ARGV[2], unless its generation moved from ARGV[1].
+const FILL_SET: &str = r#"
 if (redis.call('HGET', KEYS[2], 'g') or '') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 for i = 3, #ARGV, 500 do
@@ -48,35 +85,203 @@ for i = 3, #ARGV, 500 do
   end
   redis.call('ZADD', KEYS[1], unpack(chunk))
 end
-redis.call('HSET', KEYS[2], 'f', ARGV[2])
+redis.call('HSET', KEYS[2], 'f', ARGV[2], 'c', '1')
 return 1
+"#;
+
+/// Replaces a user's follows by pairs read from PostgreSQL (ARGV[2..]: author, floor)
+/// and marks them cached, unless their generation moved from ARGV[1].
+const FILL_FOLLOWS: &str = r#"
+if (redis.call('HGET', KEYS[2], 'g') or '') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 2, #ARGV, 1000 do
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+redis.call('HSET', KEYS[2], 'c', '1')
+return 1
+"#;
+
+/// Everything Redis knows of one page, in one round trip. KEYS: the feed and its meta,
+/// the reader's follows and their meta. ARGV: key prefix, limit, oldest first (`1`),
+/// exclusive lower and upper bounds as members (`""`: none).
+///
+/// Returns: feed cached, generation, floor, entries; follows cached, generation;
+/// whether the merged posts are complete, the merged posts; authors whose merged posts
+/// are not cached, each followed by its generation; the page the cached parts give and
+/// the bodies of its posts (nil where not cached).
+const PAGE: &str = r#"
+local prefix, limit, oldest = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
+local lower, upper = ARGV[4], ARGV[5]
+local function slice(key, low, inclusive)
+  local lo, hi = '-', '+'
+  if low ~= '' then lo = (inclusive and '[' or '(') .. low end
+  if upper ~= '' then hi = '(' .. upper end
+  if oldest then return redis.call('ZRANGEBYLEX', key, lo, hi, 'LIMIT', 0, limit) end
+  return redis.call('ZREVRANGEBYLEX', key, hi, lo, 'LIMIT', 0, limit)
+end
+local feed = redis.call('HMGET', KEYS[2], 'c', 'g', 'f')
+local entries = {}
+if feed[1] then entries = slice(KEYS[1], lower, false) end
+local follows = redis.call('HMGET', KEYS[4], 'c', 'g')
+local merged, unknown, complete = {}, {}, 0
+if follows[1] then
+  complete = 1
+  local list = redis.call('HGETALL', KEYS[3])
+  for i = 1, #list, 2 do
+    local author, floor = list[i], list[i + 1]
+    local meta = redis.call('HMGET', prefix .. 'mergedmeta:' .. author, 'c', 'g', 'f')
+    if meta[1] then
+      local low, inclusive = lower, false
+      if floor > lower then low, inclusive = floor, true end
+      local ids = slice(prefix .. 'merged:' .. author, low, inclusive)
+      local f = meta[3] or ''
+      if not (f == '' or (not oldest and #ids == limit) or (low ~= '' and low >= f)) then
+        complete = 0
+      end
+      for _, id in ipairs(ids) do merged[#merged + 1] = id end
+    else
+      complete = 0
+      unknown[#unknown + 1] = author
+      unknown[#unknown + 1] = meta[2] or ''
+    end
+  end
+end
+local candidates = {}
+for _, id in ipairs(entries) do candidates[#candidates + 1] = id end
+for _, id in ipairs(merged) do candidates[#candidates + 1] = id end
+table.sort(candidates)
+local page, last = {}, nil
+local from, to, step = #candidates, 1, -1
+if oldest then from, to, step = 1, #candidates, 1 end
+for i = from, to, step do
+  local id = candidates[i]
+  if id ~= last and #page < limit then page[#page + 1] = id end
+  last = id
+end
+local bodies = {}
+if #page > 0 then
+  local keys = {}
+  for i, id in ipairs(page) do keys[i] = prefix .. 'post:' .. id end
+  bodies = redis.call('MGET', unpack(keys))
+end
+return {feed[1] and 1 or 0, feed[2] or '', feed[3] or '', entries,
+  follows[1] and 1 or 0, follows[2] or '', complete, merged, unknown, page, bodies}
 "#;
 
 /// One Redis operation a PostgreSQL write implies, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheOp {
-    Add { owner: i64, post_id: i64 },
-    Remove { owner: i64, post_id: i64 },
+    /// An entry of `owner`'s feed.
+    Add {
+        owner: i64,
+        post_id: i64,
+    },
+    Remove {
+        owner: i64,
+        post_id: i64,
+    },
+    /// `owner` follows `author`, whose merged posts reach the feed from `min_post_id`.
+    Followed {
+        owner: i64,
+        author: i64,
+        min_post_id: i64,
+    },
+    Unfollowed {
+        owner: i64,
+        author: i64,
+    },
+    /// A post of `author` merged on read.
+    Merged {
+        author: i64,
+        post_id: i64,
+    },
+    MergedRemoved {
+        author: i64,
+        post_id: i64,
+    },
+    /// A live post's body.
+    Post(CachedPost),
+    /// A deleted post: its body goes.
+    PostDeleted {
+        post_id: i64,
+    },
 }
 
-/// What Redis knows of one feed page.
+impl CacheOp {
+    /// Whether the operation changes a feed's entries (what the sink counts as feed
+    /// changes applied to Redis).
+    pub fn is_entry(&self) -> bool {
+        matches!(self, CacheOp::Add { .. } | CacheOp::Remove { .. })
+    }
+}
+
+/// A post's body as Redis keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum CachedPage {
-    /// No set for this feed: fill it, using `generation` as the guard.
+pub struct CachedPost {
+    pub post_id: i64,
+    pub author: i64,
+    pub created_ms: i64,
+    pub content: String,
+}
+
+/// Where a feed's entries stand in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CachedEntries {
+    /// Not cached: fill it, using `generation` as the guard.
     Miss { generation: String },
     /// Entries of the range, in its order. `complete` when no entry of the range is
-    /// missing from the set, i.e. the page needs no PostgreSQL.
+    /// missing from the set, i.e. the page needs no PostgreSQL for them.
     Hit { post_ids: Vec<i64>, complete: bool },
 }
 
-/// The feed cache in Redis: its writes (the sink), page reads and fills (the reader).
+/// Where the posts merged on read into a feed stand in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CachedMerged {
+    /// The reader's follows are not cached: fill them, guarded by `generation`.
+    FollowsMiss { generation: String },
+    /// Every followed author's merged posts of the range (unsorted, possibly repeated).
+    Complete { post_ids: Vec<i64> },
+    /// Some authors' merged posts are not cached (those in `unknown`, with their
+    /// generations) or the range reaches below a cached slice.
+    Incomplete { unknown: Vec<(i64, String)> },
+}
+
+/// A post body as Redis answered for it: `None` for a deleted post.
+pub(crate) type Body = Option<CachedPost>;
+
+/// What Redis knows of one page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CachedPage {
+    pub entries: CachedEntries,
+    pub merged: CachedMerged,
+    /// Bodies Redis holds of the page its cached parts give.
+    pub bodies: HashMap<i64, Body>,
+}
+
+type PageReply = (
+    i64,
+    String,
+    String,
+    Vec<String>,
+    i64,
+    String,
+    i64,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<Option<String>>,
+);
+
+/// The read cache in Redis: its writes (the sink), page reads and fills (the reader).
 #[derive(Clone)]
 pub struct FeedCache {
     redis: ConnectionManager,
     prefix: String,
     target: String,
     cap: usize,
-    fill_script: Script,
+    page_script: Script,
+    fill_set_script: Script,
+    fill_follows_script: Script,
 }
 
 impl FeedCache {
@@ -85,8 +290,8 @@ impl FeedCache {
     pub fn connect(url: &str, prefix: &str, cap: usize) -> Result<Self, StorageError> {
         let client = redis::Client::open(url).map_err(StorageError::RedisUrl)?;
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1);
         let redis = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(StorageError::RedisUrl)?;
@@ -95,15 +300,10 @@ impl FeedCache {
             prefix: prefix.to_string(),
             target: redact(url),
             cap,
-            fill_script: Script::new(FILL),
+            page_script: Script::new(PAGE),
+            fill_set_script: Script::new(FILL_SET),
+            fill_follows_script: Script::new(FILL_FOLLOWS),
         })
-    }
-
-    fn keys(&self, owner: i64) -> (String, String) {
-        (
-            layout::feed_key(&self.prefix, owner),
-            layout::meta_key(&self.prefix, owner),
-        )
     }
 
     fn error(&self, source: redis::RedisError) -> StorageError {
@@ -122,29 +322,104 @@ impl FeedCache {
             .map_err(|source| self.error(source))
     }
 
-    /// Mirrors a committed batch's operations, one atomic script per feed, pipelined.
+    /// Mirrors a committed batch's operations, pipelined: one atomic script per feed,
+    /// per merged author and per follower, then the post bodies.
     pub async fn apply(&self, ops: &[CacheOp]) -> Result<(), StorageError> {
-        let mut per_feed: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
-        for op in ops {
-            let (owner, encoded) = match op {
-                CacheOp::Add { owner, post_id } => (owner, format!("+{}", member(*post_id))),
-                CacheOp::Remove { owner, post_id } => (owner, format!("-{}", member(*post_id))),
-            };
-            per_feed.entry(*owner).or_default().push(encoded);
-        }
-        if per_feed.is_empty() {
+        if ops.is_empty() {
             return Ok(());
         }
+        let mut feeds: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        let mut merged: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        let mut follows: BTreeMap<i64, Vec<String>> = BTreeMap::new();
         let mut pipe = redis::pipe();
-        for (owner, encoded) in &per_feed {
-            let (feed, meta) = self.keys(*owner);
+        let ttl = POST_CACHE_TTL.as_secs();
+        for op in ops {
+            match op {
+                CacheOp::Add { owner, post_id } => feeds
+                    .entry(*owner)
+                    .or_default()
+                    .push(format!("+{}", member(*post_id))),
+                CacheOp::Remove { owner, post_id } => feeds
+                    .entry(*owner)
+                    .or_default()
+                    .push(format!("-{}", member(*post_id))),
+                CacheOp::Merged { author, post_id } => merged
+                    .entry(*author)
+                    .or_default()
+                    .push(format!("+{}", member(*post_id))),
+                CacheOp::MergedRemoved { author, post_id } => merged
+                    .entry(*author)
+                    .or_default()
+                    .push(format!("-{}", member(*post_id))),
+                CacheOp::Followed {
+                    owner,
+                    author,
+                    min_post_id,
+                } => follows
+                    .entry(*owner)
+                    .or_default()
+                    .extend([author.to_string(), member(*min_post_id)]),
+                CacheOp::Unfollowed { owner, author } => follows
+                    .entry(*owner)
+                    .or_default()
+                    .extend([author.to_string(), String::new()]),
+                // A deleted post's "" wins over a body written before or after it.
+                CacheOp::Post(post) => {
+                    pipe.cmd("SET")
+                        .arg(layout::post_key(&self.prefix, post.post_id))
+                        .arg(layout::encode_post(
+                            post.author,
+                            post.created_ms,
+                            &post.content,
+                        ))
+                        .arg("NX")
+                        .arg("EX")
+                        .arg(ttl)
+                        .ignore();
+                }
+                CacheOp::PostDeleted { post_id } => {
+                    pipe.cmd("SET")
+                        .arg(layout::post_key(&self.prefix, *post_id))
+                        .arg("")
+                        .arg("EX")
+                        .arg(ttl)
+                        .ignore();
+                }
+            }
+        }
+        let sets = feeds
+            .iter()
+            .map(|(owner, changes)| {
+                (
+                    layout::feed_key(&self.prefix, *owner),
+                    layout::meta_key(&self.prefix, *owner),
+                    changes,
+                )
+            })
+            .chain(merged.iter().map(|(author, changes)| {
+                (
+                    layout::merged_key(&self.prefix, *author),
+                    layout::merged_meta_key(&self.prefix, *author),
+                    changes,
+                )
+            }));
+        for (set, meta, changes) in sets {
             pipe.cmd("EVAL")
-                .arg(APPLY)
+                .arg(APPLY_SET)
                 .arg(2)
-                .arg(feed)
+                .arg(set)
                 .arg(meta)
                 .arg(self.cap)
-                .arg(encoded)
+                .arg(changes)
+                .ignore();
+        }
+        for (owner, changes) in &follows {
+            pipe.cmd("EVAL")
+                .arg(APPLY_FOLLOWS)
+                .arg(2)
+                .arg(layout::follows_key(&self.prefix, *owner))
+                .arg(layout::follows_meta_key(&self.prefix, *owner))
+                .arg(changes)
                 .ignore();
         }
         let mut redis = self.redis.clone();
@@ -153,82 +428,143 @@ impl FeedCache {
             .map_err(|source| self.error(source))
     }
 
-    /// Reads the entries of `range` that the set holds, in the range's order.
+    /// Reads what Redis holds of a page of `owner`'s feed, in one round trip.
     pub(crate) async fn page(
         &self,
         owner: i64,
         range: &IdRange,
     ) -> Result<CachedPage, StorageError> {
-        let (feed, meta) = self.keys(owner);
-        let upper = range
-            .upper
-            .map_or_else(|| "+".to_string(), |id| format!("({}", member(id)));
-        let lower = range
-            .lower
-            .map_or_else(|| "-".to_string(), |id| format!("({}", member(id)));
-        let (command, from, to) = if range.oldest_first {
-            ("ZRANGEBYLEX", lower, upper)
-        } else {
-            ("ZREVRANGEBYLEX", upper, lower)
-        };
-        let mut redis = self.redis.clone();
-        let (exists, members, floor, generation): (
-            bool,
-            Vec<String>,
-            Option<String>,
-            Option<String>,
-        ) = redis::pipe()
-            .atomic()
-            .exists(&feed)
-            .cmd(command)
-            .arg(&feed)
-            .arg(from)
-            .arg(to)
-            .arg("LIMIT")
-            .arg(0)
+        let bound = |id: Option<i64>| id.map(member).unwrap_or_default();
+        let lower = bound(range.lower);
+        let mut invocation = self.page_script.prepare_invoke();
+        invocation
+            .key(layout::feed_key(&self.prefix, owner))
+            .key(layout::meta_key(&self.prefix, owner))
+            .key(layout::follows_key(&self.prefix, owner))
+            .key(layout::follows_meta_key(&self.prefix, owner))
+            .arg(&self.prefix)
             .arg(range.limit)
-            .hget(&meta, layout::FLOOR)
-            .hget(&meta, layout::GENERATION)
-            .query_async(&mut redis)
+            .arg(if range.oldest_first { "1" } else { "0" })
+            .arg(&lower)
+            .arg(bound(range.upper));
+        let mut redis = self.redis.clone();
+        let (
+            feed_cached,
+            feed_generation,
+            floor,
+            entries,
+            follows_cached,
+            follows_generation,
+            merged_complete,
+            merged,
+            unknown,
+            page,
+            bodies,
+        ): PageReply = invocation
+            .invoke_async(&mut redis)
             .await
             .map_err(|source| self.error(source))?;
-        if !exists {
-            return Ok(CachedPage::Miss {
-                generation: generation.unwrap_or_default(),
-            });
-        }
-        let post_ids: Vec<i64> = members
+        let ids = |members: &[String]| -> Vec<i64> {
+            members
+                .iter()
+                .filter_map(|m| layout::post_id_of(m))
+                .collect()
+        };
+        let entries = if feed_cached == 1 {
+            let post_ids = ids(&entries);
+            // The set holds every entry ≥ floor. A full newest-first page is therefore
+            // exact; otherwise the range must lie above the floor.
+            let complete = floor.is_empty()
+                || (!range.oldest_first && post_ids.len() == range.limit)
+                || (range.lower.is_some() && lower >= floor);
+            CachedEntries::Hit { post_ids, complete }
+        } else {
+            CachedEntries::Miss {
+                generation: feed_generation,
+            }
+        };
+        let merged = if follows_cached == 0 {
+            CachedMerged::FollowsMiss {
+                generation: follows_generation,
+            }
+        } else if merged_complete == 1 {
+            CachedMerged::Complete {
+                post_ids: ids(&merged),
+            }
+        } else {
+            CachedMerged::Incomplete {
+                unknown: unknown
+                    .chunks(2)
+                    .filter_map(|pair| match pair {
+                        [author, generation] => Some((author.parse().ok()?, generation.clone())),
+                        _ => None,
+                    })
+                    .collect(),
+            }
+        };
+        let bodies = page
             .iter()
-            .filter_map(|m| layout::post_id_of(m))
+            .zip(bodies)
+            .filter_map(|(member, body)| {
+                let post_id = layout::post_id_of(member)?;
+                let body = decode_body(post_id, &body?)?;
+                Some((post_id, body))
+            })
             .collect();
-        let floor = floor.unwrap_or_default();
-        // The set holds every entry ≥ floor. A full newest-first page is therefore
-        // exact; otherwise the range must lie above the floor.
-        let complete = floor.is_empty()
-            || (!range.oldest_first && post_ids.len() == range.limit)
-            || range.lower.is_some_and(|lower| member(lower) >= floor);
-        Ok(CachedPage::Hit { post_ids, complete })
+        Ok(CachedPage {
+            entries,
+            merged,
+            bodies,
+        })
     }
 
     /// Loads the newest entries of a feed (`newest` is newest first, at most the cap),
     /// unless the feed changed since `generation` was read.
-    pub(crate) async fn fill(
+    pub(crate) async fn fill_feed(
         &self,
         owner: i64,
         generation: &str,
         newest: &[i64],
     ) -> Result<bool, StorageError> {
-        if newest.is_empty() {
-            return Ok(false);
-        }
-        let (feed, meta) = self.keys(owner);
+        self.fill_set(
+            layout::feed_key(&self.prefix, owner),
+            layout::meta_key(&self.prefix, owner),
+            generation,
+            newest,
+        )
+        .await
+    }
+
+    /// Loads the newest posts merged on read of an author, as [`FeedCache::fill_feed`].
+    pub(crate) async fn fill_merged(
+        &self,
+        author: i64,
+        generation: &str,
+        newest: &[i64],
+    ) -> Result<bool, StorageError> {
+        self.fill_set(
+            layout::merged_key(&self.prefix, author),
+            layout::merged_meta_key(&self.prefix, author),
+            generation,
+            newest,
+        )
+        .await
+    }
+
+    async fn fill_set(
+        &self,
+        set: String,
+        meta: String,
+        generation: &str,
+        newest: &[i64],
+    ) -> Result<bool, StorageError> {
         let floor = if newest.len() >= self.cap {
             newest.last().map(|id| member(*id)).unwrap_or_default()
         } else {
             String::new()
         };
-        let mut invocation = self.fill_script.prepare_invoke();
-        invocation.key(feed).key(meta).arg(generation).arg(floor);
+        let mut invocation = self.fill_set_script.prepare_invoke();
+        invocation.key(set).key(meta).arg(generation).arg(floor);
         for id in newest {
             invocation.arg(member(*id));
         }
@@ -240,7 +576,70 @@ impl FeedCache {
         Ok(filled == 1)
     }
 
+    /// Loads a user's follows (author, floor), unless they changed since `generation`
+    /// was read or there are more than [`FOLLOWS_CACHE_CAP`].
+    pub(crate) async fn fill_follows(
+        &self,
+        owner: i64,
+        generation: &str,
+        follows: &[(i64, i64)],
+    ) -> Result<bool, StorageError> {
+        if follows.len() > FOLLOWS_CACHE_CAP {
+            return Ok(false);
+        }
+        let mut invocation = self.fill_follows_script.prepare_invoke();
+        invocation
+            .key(layout::follows_key(&self.prefix, owner))
+            .key(layout::follows_meta_key(&self.prefix, owner))
+            .arg(generation);
+        for (author, floor) in follows {
+            invocation.arg(author).arg(member(*floor));
+        }
+        let mut redis = self.redis.clone();
+        let filled: i64 = invocation
+            .invoke_async(&mut redis)
+            .await
+            .map_err(|source| self.error(source))?;
+        Ok(filled == 1)
+    }
+
+    /// Caches bodies read from PostgreSQL (`None`: the post is deleted). Never
+    /// overwrites: a body or deletion the sink wrote meanwhile is newer.
+    pub(crate) async fn fill_posts(&self, posts: &[(i64, Body)]) -> Result<(), StorageError> {
+        if posts.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (post_id, body) in posts {
+            let value = body.as_ref().map_or_else(String::new, |post| {
+                layout::encode_post(post.author, post.created_ms, &post.content)
+            });
+            pipe.cmd("SET")
+                .arg(layout::post_key(&self.prefix, *post_id))
+                .arg(value)
+                .arg("NX")
+                .arg("EX")
+                .arg(POST_CACHE_TTL.as_secs())
+                .ignore();
+        }
+        let mut redis = self.redis.clone();
+        pipe.query_async::<()>(&mut redis)
+            .await
+            .map_err(|source| self.error(source))
+    }
+
     pub fn cap(&self) -> usize {
         self.cap
     }
+}
+
+/// A cached body; `None` for a value that is not one of ours (read as not cached).
+fn decode_body(post_id: i64, value: &str) -> Option<Body> {
+    let decoded = layout::decode_post(value)?;
+    Some(decoded.map(|(author, created_ms, content)| CachedPost {
+        post_id,
+        author,
+        created_ms,
+        content: content.to_string(),
+    }))
 }

@@ -1,12 +1,21 @@
-//! The Redis layout of the feed cache, defined here only: the sink, the reader and the
-//! tests name keys and members through these functions.
+//! The Redis layout of the read cache, defined here only: the sink, the reader and the
+//! tests name keys and members through these functions, and the scripts of
+//! [`crate::FeedCache`] spell the same names (`feed:`, `merged:`, `post:`, the fields).
 //!
-//! Per user, behind an optional key prefix:
+//! Behind an optional key prefix:
 //! - `feed:{user}`: sorted set, every score 0, members the post ids zero-padded to 20
 //!   digits, so lexicographic order is id order. (A double score cannot hold a 63-bit id
 //!   exactly; `ZREVRANGEBYLEX` over padded ids is exact.)
-//! - `feedmeta:{user}`: hash with `g`, a generation the sink bumps on every change of the
+//! - `feedmeta:{user}`: hash with `c` (present once the set was filled: the set is then
+//!   cached, even when empty), `g`, a generation the sink bumps on every change of the
 //!   feed, and `f`, the floor: every PostgreSQL entry ≥ `f` is in the set (`""`: all).
+//! - `follows:{user}`: hash, followed author → the follow's floor (a member: the
+//!   author's merged posts at or above it belong in the feed); `followsmeta:{user}` with
+//!   `c` and `g` as above.
+//! - `merged:{author}`: sorted set of the author's posts merged on read (celebrities),
+//!   as `feed:`; `mergedmeta:{author}` with `c`, `g` and `f` as above.
+//! - `post:{id}`: a post's body ([`encode_post`]), or `""` once it is deleted; the only
+//!   keys with a time to live ([`crate::POST_CACHE_TTL`]).
 
 /// The sorted set of a feed's newest entries.
 pub fn feed_key(prefix: &str, owner: i64) -> String {
@@ -18,10 +27,52 @@ pub fn meta_key(prefix: &str, owner: i64) -> String {
     format!("{prefix}feedmeta:{owner}")
 }
 
+/// The hash of a user's follows and their floors.
+pub fn follows_key(prefix: &str, owner: i64) -> String {
+    format!("{prefix}follows:{owner}")
+}
+
+/// The hash with the generation of a user's follows.
+pub fn follows_meta_key(prefix: &str, owner: i64) -> String {
+    format!("{prefix}followsmeta:{owner}")
+}
+
+/// The sorted set of an author's newest posts merged on read.
+pub fn merged_key(prefix: &str, author: i64) -> String {
+    format!("{prefix}merged:{author}")
+}
+
+/// The hash with the generation and floor of an author's merged posts.
+pub fn merged_meta_key(prefix: &str, author: i64) -> String {
+    format!("{prefix}mergedmeta:{author}")
+}
+
+/// A post's cached body, named by its member (the page script has members at hand).
+pub fn post_key(prefix: &str, post_id: i64) -> String {
+    format!("{prefix}post:{}", member(post_id))
+}
+
 /// A pattern (for `SCAN`/`KEYS`) matching every feed set behind `prefix`, and no
 /// other key.
 pub fn feed_key_pattern(prefix: &str) -> String {
     format!("{prefix}feed:*")
+}
+
+/// Patterns (for `SCAN`/`KEYS`) matching every key of the read cache behind `prefix`:
+/// deleting them all is a cold cache, as after a Redis restart.
+pub fn cache_key_patterns(prefix: &str) -> Vec<String> {
+    [
+        "feed",
+        "feedmeta",
+        "follows",
+        "followsmeta",
+        "merged",
+        "mergedmeta",
+        "post",
+    ]
+    .iter()
+    .map(|class| format!("{prefix}{class}:*"))
+    .collect()
 }
 
 /// The owner of a feed set, from its key.
@@ -32,6 +83,9 @@ pub fn owner_of_feed_key(prefix: &str, key: &str) -> Option<i64> {
         .ok()
 }
 
+/// The field of a meta hash present once its structure is cached (the scripts spell
+/// it too).
+pub const CACHED: &str = "c";
 /// The field of a feed's hash holding its generation (the scripts of
 /// [`crate::FeedCache`] spell it too).
 pub const GENERATION: &str = "g";
@@ -47,6 +101,24 @@ pub fn member(post_id: i64) -> String {
 /// The post id of a member, if it is one.
 pub fn post_id_of(member: &str) -> Option<i64> {
     member.parse().ok()
+}
+
+/// A post as its `post:` key holds it: `author:created-ms:content`.
+pub fn encode_post(author: i64, created_ms: i64, content: &str) -> String {
+    format!("{author}:{created_ms}:{content}")
+}
+
+/// What a `post:` key holds: `Some(None)` for a deleted post, `None` if the value is
+/// not one of ours.
+pub fn decode_post(value: &str) -> Option<Option<(i64, i64, &str)>> {
+    if value.is_empty() {
+        return Some(None);
+    }
+    let mut parts = value.splitn(3, ':');
+    let author = parts.next()?.parse().ok()?;
+    let created_ms = parts.next()?.parse().ok()?;
+    let content = parts.next()?;
+    Some(Some((author, created_ms, content)))
 }
 
 #[cfg(test)]
@@ -75,5 +147,19 @@ mod tests {
         let literal = pattern.trim_end_matches('*');
         assert!(feed_key(prefix, 7).starts_with(literal));
         assert!(!meta_key(prefix, 7).starts_with(literal));
+        assert!(!follows_key(prefix, 7).starts_with(literal));
+    }
+
+    #[test]
+    fn post_bodies_decode_as_encoded_whatever_their_content() {
+        for content in ["", "plain", "a:b:c", "line\nbreak", "ünïcode ✓"] {
+            let encoded = encode_post(42, 1_700_000_000_000, content);
+            assert_eq!(
+                decode_post(&encoded),
+                Some(Some((42, 1_700_000_000_000, content)))
+            );
+        }
+        assert_eq!(decode_post(""), Some(None));
+        assert_eq!(decode_post("not a post"), None);
     }
 }

@@ -1,5 +1,5 @@
 //! The read side of feeds, and the storage layout it shares with the sink: PostgreSQL's
-//! pool and schema, the Redis feed cache (its layout, the scripts that keep it a
+//! pool and schema, the Redis read cache (its layout, the scripts that keep each part a
 //! complete top slice of PostgreSQL), and pages read Redis first, PostgreSQL behind it.
 //! The API reads through [`FeedReader`]; the sink writes the cache through
 //! [`FeedCache::apply`].
@@ -13,7 +13,9 @@ mod range;
 mod reader;
 mod redact;
 
-pub use cache::{CacheOp, FeedCache, FEED_CACHE_CAP};
+pub use cache::{
+    CacheOp, CachedPost, FeedCache, FEED_CACHE_CAP, FOLLOWS_CACHE_CAP, POST_CACHE_TTL,
+};
 pub use database::{connect_postgres, migrate};
 pub use error::StorageError;
 pub use metrics::ReadMetrics;

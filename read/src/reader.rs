@@ -1,14 +1,14 @@
-//! The read side of feeds: Redis first, PostgreSQL behind it, posts hydrated from
-//! PostgreSQL.
+//! The read side of feeds: Redis first (one round trip for a cached page), PostgreSQL
+//! behind it for what Redis lacks.
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use feedstream_core::ids::{PostId, UserId};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::cache::{CachedPage, FeedCache};
+use crate::cache::{Body, CachedEntries, CachedMerged, CachedPost, FeedCache};
 use crate::range::IdRange;
 use crate::redact::redact;
 use crate::{ReadMetrics, StorageError};
@@ -65,8 +65,9 @@ impl FeedReader {
         }
     }
 
-    /// A page of `user`'s feed: the user's entries (Redis, or PostgreSQL behind it)
-    /// merged with the posts merged on read of the authors the user follows.
+    /// A page of `user`'s feed: the user's entries merged with the posts merged on read
+    /// of the authors the user follows, hydrated. A page whose parts Redis holds is one
+    /// round trip to Redis; PostgreSQL serves what Redis lacks, and fills it.
     pub async fn page(
         &self,
         user: UserId,
@@ -74,12 +75,45 @@ impl FeedReader {
     ) -> Result<FeedPage, StorageError> {
         let range = IdRange::of(request);
         let owner = user.as_i64();
-        let (entries, merged) = tokio::try_join!(
-            self.entry_ids(owner, &range),
-            self.merged_ids(owner, &range)
-        )?;
-        let ids = range.merge([entries, merged]);
-        let posts = self.hydrate(&ids).await?;
+        let cached = match self.cache.page(owner, &range).await {
+            Ok(cached) => Some(cached),
+            Err(error) => {
+                self.metrics.cache_errors.inc();
+                tracing::warn!(%error, "Redis unavailable; reading the feed from PostgreSQL");
+                None
+            }
+        };
+        let mut from_redis = false;
+        let (ids, posts) = match cached {
+            Some(cached) => {
+                let parts_cached =
+                    matches!(cached.entries, CachedEntries::Hit { complete: true, .. })
+                        && matches!(cached.merged, CachedMerged::Complete { .. });
+                let (entries, merged) = tokio::try_join!(
+                    self.entry_ids(owner, &range, cached.entries),
+                    self.merged_ids(owner, &range, cached.merged)
+                )?;
+                let ids = range.merge([entries, merged]);
+                from_redis = parts_cached && ids.iter().all(|id| cached.bodies.contains_key(id));
+                let posts = self.hydrate(&ids, cached.bodies).await?;
+                (ids, posts)
+            }
+            None => {
+                let (entries, merged) = tokio::try_join!(
+                    self.stored_entry_ids(owner, &range),
+                    self.stored_merged_ids(owner, &range)
+                )?;
+                let ids = range.merge([entries, merged]);
+                let stored = self.stored_posts(&ids).await?;
+                let posts = in_order(&ids, stored.into_iter().collect());
+                (ids, posts)
+            }
+        };
+        if from_redis {
+            self.metrics.cache_hits.inc();
+        } else {
+            self.metrics.cache_misses.inc();
+        }
         let id =
             |value: Option<&i64>| value.and_then(|v| PostId::new(u64::try_from(*v).ok()?).ok());
         Ok(FeedPage {
@@ -123,24 +157,22 @@ impl FeedReader {
 
     /// The user's own entries in the range: from Redis when the cached slice covers
     /// it, else from PostgreSQL (filling Redis on a miss).
-    async fn entry_ids(&self, owner: i64, range: &IdRange) -> Result<Vec<i64>, StorageError> {
-        match self.cache.page(owner, range).await {
-            Ok(CachedPage::Hit {
+    async fn entry_ids(
+        &self,
+        owner: i64,
+        range: &IdRange,
+        cached: CachedEntries,
+    ) -> Result<Vec<i64>, StorageError> {
+        match cached {
+            CachedEntries::Hit {
                 post_ids,
                 complete: true,
-            }) => {
-                self.metrics.cache_hits.inc();
-                Ok(post_ids)
-            }
-            Ok(CachedPage::Hit {
+            } => Ok(post_ids),
+            // Beyond the cached slice: the older pages of long feeds.
+            CachedEntries::Hit {
                 complete: false, ..
-            }) => {
-                // Beyond the cached slice: the older pages of long feeds.
-                self.metrics.cache_misses.inc();
-                self.stored_entry_ids(owner, range).await
-            }
-            Ok(CachedPage::Miss { generation }) => {
-                self.metrics.cache_misses.inc();
+            } => self.stored_entry_ids(owner, range).await,
+            CachedEntries::Miss { generation } => {
                 let newest_slice = IdRange {
                     upper: None,
                     lower: None,
@@ -148,9 +180,8 @@ impl FeedReader {
                     limit: self.cache.cap(),
                 };
                 let newest = self.stored_entry_ids(owner, &newest_slice).await?;
-                if let Err(error) = self.cache.fill(owner, &generation, &newest).await {
-                    self.metrics.cache_errors.inc();
-                    tracing::warn!(%error, user = owner, "could not fill the feed cache");
+                if let Err(error) = self.cache.fill_feed(owner, &generation, &newest).await {
+                    self.cache_error(&error, owner, "feed");
                 }
                 // The newest slice answers the first page only if it holds the whole
                 // page: a cap below the limit leaves entries under the slice that a
@@ -164,12 +195,82 @@ impl FeedReader {
                     self.stored_entry_ids(owner, range).await
                 }
             }
-            Err(error) => {
-                self.metrics.cache_errors.inc();
-                tracing::warn!(%error, "Redis unavailable; reading the feed from PostgreSQL");
-                self.stored_entry_ids(owner, range).await
+        }
+    }
+
+    /// Posts merged on read into the range: from Redis when it holds the follows and
+    /// every followed author's merged posts of the range, else from PostgreSQL, filling
+    /// what Redis lacks.
+    async fn merged_ids(
+        &self,
+        owner: i64,
+        range: &IdRange,
+        cached: CachedMerged,
+    ) -> Result<Vec<i64>, StorageError> {
+        match cached {
+            CachedMerged::Complete { mut post_ids } => {
+                post_ids.sort_unstable();
+                post_ids.dedup();
+                if !range.oldest_first {
+                    post_ids.reverse();
+                }
+                Ok(post_ids)
+            }
+            CachedMerged::Incomplete { unknown } => {
+                if !unknown.is_empty() {
+                    self.fill_merged(&unknown).await?;
+                }
+                self.stored_merged_ids(owner, range).await
+            }
+            CachedMerged::FollowsMiss { generation } => {
+                self.metrics.postgres_queries.inc();
+                let follows: Vec<(i64, i64)> =
+                    sqlx::query_as("SELECT author_id, min_post_id FROM follows WHERE user_id = $1")
+                        .bind(owner)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|source| self.pg_error(source))?;
+                if let Err(error) = self.cache.fill_follows(owner, &generation, &follows).await {
+                    self.cache_error(&error, owner, "follows");
+                }
+                self.stored_merged_ids(owner, range).await
             }
         }
+    }
+
+    /// Caches the newest merged posts of `authors` (each with the generation read).
+    async fn fill_merged(&self, authors: &[(i64, String)]) -> Result<(), StorageError> {
+        let ids: Vec<i64> = authors.iter().map(|(author, _)| *author).collect();
+        self.metrics.postgres_queries.inc();
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT author_id, post_id FROM ( \
+               SELECT author_id, post_id, \
+                 row_number() OVER (PARTITION BY author_id ORDER BY post_id DESC) AS n \
+               FROM merged_posts WHERE author_id = ANY($1)) newest \
+             WHERE n <= $2 ORDER BY author_id, post_id DESC",
+        )
+        .bind(&ids)
+        .bind(self.cache.cap() as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| self.pg_error(source))?;
+        let mut newest: HashMap<i64, Vec<i64>> = HashMap::new();
+        for (author, post_id) in rows {
+            newest.entry(author).or_default().push(post_id);
+        }
+        for (author, generation) in authors {
+            let posts = newest.remove(author).unwrap_or_default();
+            if let Err(error) = self.cache.fill_merged(*author, generation, &posts).await {
+                self.cache_error(&error, *author, "merged posts");
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn cache_error(&self, error: &StorageError, user: i64, what: &str) {
+        self.metrics.cache_errors.inc();
+        tracing::warn!(%error, user, "could not fill the cache of {what}");
     }
 
     async fn stored_entry_ids(
@@ -188,7 +289,11 @@ impl FeedReader {
 
     /// Posts merged on read of the authors `owner` follows, at or above each follow's
     /// floor.
-    async fn merged_ids(&self, owner: i64, range: &IdRange) -> Result<Vec<i64>, StorageError> {
+    async fn stored_merged_ids(
+        &self,
+        owner: i64,
+        range: &IdRange,
+    ) -> Result<Vec<i64>, StorageError> {
         self.ids_in_range(
             "SELECT m.post_id FROM follows f \
              JOIN merged_posts m ON m.author_id = f.author_id AND m.post_id >= f.min_post_id \
@@ -209,6 +314,7 @@ impl FeedReader {
         range: &IdRange,
     ) -> Result<Vec<i64>, StorageError> {
         let direction = if range.oldest_first { "ASC" } else { "DESC" };
+        self.metrics.postgres_queries.inc();
         sqlx::query_scalar(&format!("{select} {direction} LIMIT $4"))
             .bind(owner)
             .bind(range.upper.unwrap_or(i64::MAX))
@@ -221,34 +327,69 @@ impl FeedReader {
 
     /// The posts of `ids`, in that order, leaving out deleted ones and those whose
     /// row has not reached PostgreSQL yet (the sink writes posts and feed entries from
-    /// different partitions).
-    async fn hydrate(&self, ids: &[i64]) -> Result<Vec<FeedPost>, StorageError> {
+    /// different partitions). Bodies Redis gave are used; the others are read from
+    /// PostgreSQL and cached.
+    async fn hydrate(
+        &self,
+        ids: &[i64],
+        mut cached: HashMap<i64, Body>,
+    ) -> Result<Vec<FeedPost>, StorageError> {
+        let missing: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !cached.contains_key(id))
+            .collect();
+        if !missing.is_empty() {
+            let stored = self.stored_posts(&missing).await?;
+            if let Err(error) = self.cache.fill_posts(&stored).await {
+                self.metrics.cache_errors.inc();
+                tracing::warn!(%error, "could not cache post bodies");
+            }
+            cached.extend(stored);
+        }
+        Ok(in_order(ids, cached))
+    }
+
+    /// The posts of `ids` PostgreSQL has, deleted ones as `None`.
+    async fn stored_posts(&self, ids: &[i64]) -> Result<Vec<(i64, Body)>, StorageError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<(i64, i64, String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT post_id, author_id, content, created_at FROM posts \
-             WHERE post_id = ANY($1) AND deleted_at IS NULL",
+        self.metrics.postgres_queries.inc();
+        let rows: Vec<(i64, i64, String, DateTime<Utc>, bool)> = sqlx::query_as(
+            "SELECT post_id, author_id, content, created_at, deleted_at IS NOT NULL FROM posts \
+             WHERE post_id = ANY($1)",
         )
         .bind(ids)
         .fetch_all(&self.pool)
         .await
         .map_err(|source| self.pg_error(source))?;
-        let mut by_id: HashMap<i64, (i64, String, DateTime<Utc>)> = rows
+        Ok(rows
             .into_iter()
-            .map(|(id, author, content, created)| (id, (author, content, created)))
-            .collect();
-        Ok(ids
-            .iter()
-            .filter_map(|id| {
-                let (author, content, created_at) = by_id.remove(id)?;
-                Some(FeedPost {
-                    id: PostId::new(u64::try_from(*id).ok()?).ok()?,
-                    author_id: UserId::new(u64::try_from(author).ok()?).ok()?,
+            .map(|(post_id, author, content, created_at, deleted)| {
+                let body = (!deleted).then(|| CachedPost {
+                    post_id,
+                    author,
+                    created_ms: created_at.timestamp_millis(),
                     content,
-                    created_at,
-                })
+                });
+                (post_id, body)
             })
             .collect())
     }
+}
+
+/// The live posts of `ids` among `bodies`, in the order of `ids`.
+fn in_order(ids: &[i64], mut bodies: HashMap<i64, Body>) -> Vec<FeedPost> {
+    ids.iter()
+        .filter_map(|id| {
+            let post = bodies.remove(id)??;
+            Some(FeedPost {
+                id: PostId::new(u64::try_from(post.post_id).ok()?).ok()?,
+                author_id: UserId::new(u64::try_from(post.author).ok()?).ok()?,
+                content: post.content,
+                created_at: Utc.timestamp_millis_opt(post.created_ms).single()?,
+            })
+        })
+        .collect()
 }

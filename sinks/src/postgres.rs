@@ -6,7 +6,7 @@ use feedstream_core::event::FeedChange;
 use feedstream_core::ids::PostId;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use feedstream_read::{CacheOp, StorageError};
+use feedstream_read::{CacheOp, CachedPost, StorageError};
 
 use crate::SinkError;
 
@@ -111,8 +111,8 @@ pub(crate) async fn write_batch(
         })
     };
     let mut tx = pool.begin().await.map_err(error)?;
-    write_posts(&mut tx, posts).await.map_err(error)?;
-    let mut ops = Vec::with_capacity(changes.len());
+    let mut ops = Vec::with_capacity(posts.len() + changes.len());
+    write_posts(&mut tx, posts, &mut ops).await.map_err(error)?;
     let mut runs: Vec<Run> = Vec::new();
     for change in changes {
         let run = Run::of(change);
@@ -134,9 +134,13 @@ pub(crate) async fn write_batch(
 
 /// Creations before deletions: within a partition a post is created before it is
 /// deleted, and a batch may hold both.
+///
+/// Returns the bodies to cache: every created post still live, and every deleted one
+/// (a replay too: Redis may have missed it before a crash).
 async fn write_posts(
     tx: &mut Transaction<'_, Postgres>,
     posts: &[&PostWrite],
+    ops: &mut Vec<CacheOp>,
 ) -> Result<(), sqlx::Error> {
     let mut created_ids = Vec::new();
     let mut created_authors = Vec::new();
@@ -175,12 +179,30 @@ async fn write_posts(
              SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::timestamptz[]) \
              ON CONFLICT (post_id) DO NOTHING",
         )
-        .bind(created_ids)
+        .bind(&created_ids)
         .bind(created_authors)
         .bind(contents)
         .bind(created_at)
         .execute(&mut **tx)
         .await?;
+        let live: Vec<(i64, i64, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT post_id, author_id, content, created_at FROM posts \
+             WHERE post_id = ANY($1) AND deleted_at IS NULL",
+        )
+        .bind(&created_ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        ops.extend(
+            live.into_iter()
+                .map(|(post_id, author, content, created_at)| {
+                    CacheOp::Post(CachedPost {
+                        post_id,
+                        author,
+                        created_ms: created_at.timestamp_millis(),
+                        content,
+                    })
+                }),
+        );
     }
     if !deleted_ids.is_empty() {
         // Only the author's own post; its content goes with it.
@@ -190,11 +212,22 @@ async fn write_posts(
              WHERE posts.post_id = d.post_id AND posts.author_id = d.author_id \
                AND posts.deleted_at IS NULL",
         )
-        .bind(deleted_ids)
+        .bind(&deleted_ids)
         .bind(deleted_authors)
         .bind(deleted_at)
         .execute(&mut **tx)
         .await?;
+        let deleted: Vec<i64> = sqlx::query_scalar(
+            "SELECT post_id FROM posts WHERE post_id = ANY($1) AND deleted_at IS NOT NULL",
+        )
+        .bind(&deleted_ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        ops.extend(
+            deleted
+                .into_iter()
+                .map(|post_id| CacheOp::PostDeleted { post_id }),
+        );
     }
     Ok(())
 }
@@ -260,6 +293,10 @@ async fn write_run(
                 .bind(posts)
                 .execute(&mut **tx)
                 .await?;
+                ops.extend(own.iter().map(|[author, post_id]| CacheOp::MergedRemoved {
+                    author: *author,
+                    post_id: *post_id,
+                }));
             }
             ops.extend(
                 rows.into_iter()
@@ -276,6 +313,10 @@ async fn write_run(
             .bind(&authors)
             .execute(&mut **tx)
             .await?;
+            ops.extend(rows.iter().map(|[owner, author]| CacheOp::Unfollowed {
+                owner: *owner,
+                author: *author,
+            }));
             let removed: Vec<(i64, i64)> = sqlx::query_as(
                 "DELETE FROM feeds USING UNNEST($1::bigint[], $2::bigint[]) AS r(user_id, author_id) \
                  WHERE feeds.user_id = r.user_id AND feeds.author_id = r.author_id \
@@ -305,24 +346,40 @@ async fn write_run(
                  SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) \
                  ON CONFLICT (user_id, author_id) DO UPDATE SET min_post_id = excluded.min_post_id",
             )
-            .bind(owners)
-            .bind(authors)
-            .bind(mins)
+            .bind(&owners)
+            .bind(&authors)
+            .bind(&mins)
             .execute(&mut **tx)
             .await?;
+            ops.extend(
+                rows.iter()
+                    .map(|[owner, author, min_post_id]| CacheOp::Followed {
+                        owner: *owner,
+                        author: *author,
+                        min_post_id: *min_post_id,
+                    }),
+            );
         }
         Run::Merged(rows) => {
             let [authors, posts] = columns(&rows);
-            sqlx::query(
-                "INSERT INTO merged_posts (author_id, post_id) \
-                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[]) AS m(author_id, post_id) \
-                 WHERE NOT EXISTS (SELECT 1 FROM posts p WHERE p.post_id = m.post_id AND p.deleted_at IS NOT NULL) \
-                 ON CONFLICT DO NOTHING",
+            // As entries: every merged post that passes is mirrored.
+            let kept: Vec<(i64, i64)> = sqlx::query_as(
+                "WITH m AS ( \
+                   SELECT * FROM UNNEST($1::bigint[], $2::bigint[]) AS m(author_id, post_id) \
+                   WHERE NOT EXISTS (SELECT 1 FROM posts p WHERE p.post_id = m.post_id AND p.deleted_at IS NOT NULL)), \
+                 written AS ( \
+                   INSERT INTO merged_posts (author_id, post_id) SELECT * FROM m \
+                   ON CONFLICT DO NOTHING) \
+                 SELECT author_id, post_id FROM m",
             )
             .bind(authors)
             .bind(posts)
-            .execute(&mut **tx)
+            .fetch_all(&mut **tx)
             .await?;
+            ops.extend(
+                kept.into_iter()
+                    .map(|(author, post_id)| CacheOp::Merged { author, post_id }),
+            );
         }
     }
     Ok(())

@@ -218,7 +218,8 @@ impl Writer<'_> {
         }
         let applied = &self.metrics.feed_changes_applied;
         applied.get_or_create(&POSTGRES).inc_by(changes);
-        applied.get_or_create(&REDIS).inc_by(ops.len() as u64);
+        let entries = ops.iter().filter(|op| op.is_entry()).count();
+        applied.get_or_create(&REDIS).inc_by(entries as u64);
         for (_, failure) in &dead_letters {
             self.metrics.failures.dead_lettered(failure.reason);
         }
