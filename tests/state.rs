@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{group_members, topic_records, Client, Deployment, Engines, GroupMember};
+use common::{
+    group_members, set_group_config, topic_records, Client, Deployment, Engines, GroupMember,
+};
 use feedstream_core::model::{compare, expected_feeds};
 use feedstream_harness::{eventually, free_port, metric, terminate};
 
@@ -272,6 +274,17 @@ async fn a_processor_restarted_with_its_instance_id_takes_its_own_tasks_back() -
             ],
         )
     };
+    // The session timeout bounds how long a graceful restart may take before the
+    // broker hands b's tasks to a. The broker's 10 s is less than a restart (and a
+    // kafka-consumer-groups call in between) can take on a loaded 2-core machine.
+    let group = format!("{}-processor", deployment.application_id);
+    set_group_config(
+        &running.engines,
+        &deployment.brokers,
+        &group,
+        "consumer.session.timeout.ms=45000",
+    )
+    .await?;
     let (port_a, port_b) = (free_port()?, free_port()?);
     let _a = processor("a", port_a)?;
     let mut b = processor("b", port_b)?;
@@ -298,7 +311,6 @@ async fn a_processor_restarted_with_its_instance_id_takes_its_own_tasks_back() -
     terminate(&b)?;
     b.wait().await?;
     traffic(&mut client, 1, 12).await?;
-    let group = format!("{}-processor", deployment.application_id);
     let members = group_members(&running.engines, &deployment.brokers, &group).await?;
     assert!(
         members.contains(&GroupMember {

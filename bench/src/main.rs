@@ -374,6 +374,7 @@ impl Bench {
         say(&format!("phase: cache hits for {} s", args.read_seconds));
         let reads_hit = self.reads_hit(args, &target, &ceilings).await?;
         self.phase_done("reads: hits");
+        let redis_memory = self.redis_memory().await?;
 
         let processor_metrics = self.scrape(&self.process_url).await?;
         let feed_entries = processor_metrics.sum("fanout_entries_total", "");
@@ -483,6 +484,7 @@ impl Bench {
             transactions,
             reads_miss,
             reads_hit,
+            redis_memory,
             restore,
             replay,
             replay_exactly_once,

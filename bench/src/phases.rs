@@ -11,8 +11,11 @@ use tokio::sync::watch;
 
 use crate::graph::{Graph, Op};
 use crate::load::{self, closed_loop, Target};
-use crate::report::{Materialization, Phase, RatePoint, Reads, Replay, Restore, Visibility};
+use crate::report::{
+    Materialization, Phase, RatePoint, Reads, RedisMemory, Replay, Restore, Visibility,
+};
 use feedstream_harness::Scrape;
+use feedstream_read::layout;
 
 use crate::system;
 use crate::{say, Args, Bench, Ceilings, DRAIN_DEADLINE};
@@ -30,7 +33,7 @@ impl Bench {
         target: &Target,
         ceilings: &Ceilings,
     ) -> anyhow::Result<Reads> {
-        for pattern in feedstream_read::layout::cache_key_patterns(&self.redis_prefix) {
+        for pattern in layout::cache_key_patterns(&self.redis_prefix) {
             delete_keys(&self.redis_url, &pattern).await?;
         }
         let users = args.users as usize;
@@ -358,6 +361,97 @@ fn rates(samples: &[(f64, f64, f64)]) -> Vec<RatePoint> {
 }
 
 /// Deletes the keys matching `pattern`, a SCAN page at a time.
+impl Bench {
+    /// Bytes per cached feed entry and per cached post body, from a sample of keys.
+    pub(crate) async fn redis_memory(&self) -> anyhow::Result<RedisMemory> {
+        const SAMPLE: usize = 500;
+        let client = redis::Client::open(self.redis_url.as_str()).context("the Redis URL")?;
+        let mut redis = client
+            .get_multiplexed_async_connection()
+            .await
+            .with_context(|| format!("connecting to Redis at {}", self.redis_url))?;
+        let feeds = scan_some(
+            &mut redis,
+            &layout::feed_key_pattern(&self.redis_prefix),
+            SAMPLE,
+        )
+        .await?;
+        let posts = scan_some(
+            &mut redis,
+            &layout::post_key_pattern(&self.redis_prefix),
+            SAMPLE,
+        )
+        .await?;
+        let (mut feed_bytes, mut entries) = (0u64, 0u64);
+        for key in &feeds {
+            let (bytes, count): (Option<u64>, u64) = redis::pipe()
+                .cmd("MEMORY")
+                .arg("USAGE")
+                .arg(key)
+                .arg("SAMPLES")
+                .arg(0)
+                .cmd("ZCARD")
+                .arg(key)
+                .query_async(&mut redis)
+                .await?;
+            feed_bytes += bytes.unwrap_or(0);
+            entries += count;
+        }
+        let mut post_bytes = 0u64;
+        for key in &posts {
+            let bytes: Option<u64> = redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(key)
+                .query_async(&mut redis)
+                .await?;
+            post_bytes += bytes.unwrap_or(0);
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut redis)
+            .await?;
+        let used = info
+            .lines()
+            .find_map(|line| line.strip_prefix("used_memory:"))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        Ok(RedisMemory {
+            used_memory_bytes: used,
+            sampled_feeds: feeds.len() as u64,
+            sampled_feed_entries: entries,
+            bytes_per_feed_entry: feed_bytes as f64 / entries.max(1) as f64,
+            sampled_post_bodies: posts.len() as u64,
+            bytes_per_post_body: post_bytes as f64 / posts.len().max(1) as f64,
+        })
+    }
+}
+
+/// Up to `limit` keys matching `pattern`.
+async fn scan_some(
+    redis: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+    limit: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(redis)
+            .await?;
+        found.extend(keys);
+        if next == 0 || found.len() >= limit {
+            found.truncate(limit);
+            return Ok(found);
+        }
+        cursor = next;
+    }
+}
+
 async fn delete_keys(url: &str, pattern: &str) -> anyhow::Result<()> {
     let client = redis::Client::open(url).context("the Redis URL")?;
     let mut redis = client

@@ -29,6 +29,7 @@ pub struct Report {
     pub transactions: Transactions,
     pub reads_miss: Reads,
     pub reads_hit: Reads,
+    pub redis_memory: RedisMemory,
     pub restore: Restore,
     pub replay: Replay,
     /// The same backlog, replayed under exactly_once_v2.
@@ -134,6 +135,19 @@ pub struct Reads {
     pub cache_hits: f64,
     pub cache_misses: f64,
     pub ratio_to_redis_ceiling: f64,
+}
+
+/// What the read cache costs Redis, from `MEMORY USAGE` of a sample of its keys after
+/// the hit phase.
+#[derive(Debug, Serialize)]
+pub struct RedisMemory {
+    pub used_memory_bytes: f64,
+    pub sampled_feeds: u64,
+    pub sampled_feed_entries: u64,
+    /// The feed's sorted set, per entry it holds.
+    pub bytes_per_feed_entry: f64,
+    pub sampled_post_bodies: u64,
+    pub bytes_per_post_body: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -615,6 +629,19 @@ impl Report {
             self.reads_hit.cache_misses,
             self.reads_miss.cache_misses,
             r.seconds_until_running
+        );
+
+        let memory = &self.redis_memory;
+        let _ = writeln!(
+            md,
+            "**Redis memory** (`MEMORY USAGE` of {} feeds and {} post bodies after the hit \
+             phase): **{:.1} bytes per cached feed entry**, **{:.1} bytes per cached post \
+             body**; Redis used {:.1} MB in all.\n",
+            memory.sampled_feeds,
+            memory.sampled_post_bodies,
+            memory.bytes_per_feed_entry,
+            memory.bytes_per_post_body,
+            memory.used_memory_bytes / 1e6
         );
 
         let _ = writeln!(md, "## Where the time goes\n");

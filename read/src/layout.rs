@@ -75,6 +75,11 @@ pub fn cache_key_patterns(prefix: &str) -> Vec<String> {
     .collect()
 }
 
+/// A pattern matching every cached post body behind `prefix`.
+pub fn post_key_pattern(prefix: &str) -> String {
+    format!("{prefix}post:*")
+}
+
 /// The owner of a feed set, from its key.
 pub fn owner_of_feed_key(prefix: &str, key: &str) -> Option<i64> {
     key.strip_prefix(prefix)?

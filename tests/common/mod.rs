@@ -705,6 +705,56 @@ pub struct GroupMember {
     pub partitions: u32,
 }
 
+/// Runs one of Kafka's own tools (scripts/kafka.sh tool) and returns its output.
+async fn kafka_tool(engines: &Engines, class: &str, args: &[&str]) -> anyhow::Result<String> {
+    let libs = engines
+        .kafka_libs
+        .clone()
+        .context("FEEDSTREAM_TEST_KAFKA_LIBS is not set: run the suite with scripts/test.sh")?;
+    let output = Command::new("bash")
+        .arg(KAFKA_SCRIPT)
+        .arg("tool")
+        .arg(class)
+        .args(args)
+        .env("KAFKA_LIBS", &libs)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    anyhow::ensure!(
+        output.status.success(),
+        "{class} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(stdout)
+}
+
+/// Sets a dynamic config of consumer group `group` (KIP-848 group configs, such as
+/// `consumer.session.timeout.ms`), with `kafka-configs`.
+pub async fn set_group_config(
+    engines: &Engines,
+    brokers: &str,
+    group: &str,
+    config: &str,
+) -> anyhow::Result<()> {
+    kafka_tool(
+        engines,
+        "org.apache.kafka.tools.ConfigCommand",
+        &[
+            "--bootstrap-server",
+            brokers,
+            "--alter",
+            "--entity-type",
+            "groups",
+            "--entity-name",
+            group,
+            "--add-config",
+            config,
+        ],
+    )
+    .await
+    .map(|_| ())
+}
+
 /// The members of `group` and how many partitions each holds, from Kafka's
 /// `kafka-consumer-groups --describe --members` (scripts/kafka.sh tool).
 pub async fn group_members(
@@ -712,31 +762,19 @@ pub async fn group_members(
     brokers: &str,
     group: &str,
 ) -> anyhow::Result<Vec<GroupMember>> {
-    let libs = engines
-        .kafka_libs
-        .clone()
-        .context("FEEDSTREAM_TEST_KAFKA_LIBS is not set: run the suite with scripts/test.sh")?;
-    let output = Command::new("bash")
-        .arg(KAFKA_SCRIPT)
-        .args([
-            "tool",
-            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    let stdout = kafka_tool(
+        engines,
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        &[
             "--bootstrap-server",
             brokers,
             "--describe",
             "--group",
             group,
             "--members",
-        ])
-        .env("KAFKA_LIBS", &libs)
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    anyhow::ensure!(
-        output.status.success(),
-        "kafka-consumer-groups failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        ],
+    )
+    .await?;
     let mut lines = stdout
         .lines()
         .skip_while(|line| !line.starts_with("GROUP "));
