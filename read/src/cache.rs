@@ -11,7 +11,7 @@
 //! posts arrive and filled by readers with `SET NX`; a deletion overwrites the body with
 //! `""`, so a fill racing with it cannot bring the body back either.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -101,14 +101,39 @@ redis.call('HSET', KEYS[2], 'c', '1')
 return 1
 "#;
 
+/// Records every author with posts merged on read in the set of such authors (if it
+/// is cached), bumping its generation. ARGV: the authors.
+const APPLY_AUTHORS: &str = r#"
+redis.call('HINCRBY', KEYS[2], 'g', 1)
+if not redis.call('HGET', KEYS[2], 'c') then return 0 end
+redis.call('SADD', KEYS[1], unpack(ARGV))
+return 1
+"#;
+
+/// Replaces the set of authors with merged posts by those read from PostgreSQL
+/// (ARGV[2..]) and marks it cached, unless its generation moved from ARGV[1].
+const FILL_AUTHORS: &str = r#"
+if (redis.call('HGET', KEYS[2], 'g') or '') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 2, #ARGV, 1000 do
+  redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+redis.call('HSET', KEYS[2], 'c', '1')
+return 1
+"#;
+
 /// Everything Redis knows of one page, in one round trip. KEYS: the feed and its meta,
-/// the reader's follows and their meta. ARGV: key prefix, limit, oldest first (`1`),
-/// exclusive lower and upper bounds as members (`""`: none).
+/// the reader's follows and their meta, the set of authors with merged posts and its
+/// meta. ARGV: key prefix, limit, oldest first (`1`), exclusive lower and upper bounds
+/// as members (`""`: none).
 ///
-/// Returns: feed cached, generation, floor, entries; follows cached, generation;
-/// whether the merged posts are complete, the merged posts; authors whose merged posts
-/// are not cached, each followed by its generation; the page the cached parts give and
-/// the bodies of its posts (nil where not cached).
+/// Only followed authors with merged posts are looked at: the script walks the smaller
+/// of the reader's follows and the set of such authors.
+///
+/// Returns: {feed cached, generation, floor, entries}; {follows cached, generation};
+/// {authors cached, generation}; whether the merged posts are complete; the merged
+/// posts; authors whose merged posts are not cached, each followed by its generation;
+/// the page the cached parts give and the bodies of its posts (nil where not cached).
 const PAGE: &str = r#"
 local prefix, limit, oldest = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local lower, upper = ARGV[4], ARGV[5]
@@ -123,26 +148,36 @@ local feed = redis.call('HMGET', KEYS[2], 'c', 'g', 'f')
 local entries = {}
 if feed[1] then entries = slice(KEYS[1], lower, false) end
 local follows = redis.call('HMGET', KEYS[4], 'c', 'g')
+local authors = redis.call('HMGET', KEYS[6], 'c', 'g')
 local merged, unknown, complete = {}, {}, 0
-if follows[1] then
+local function take(author, floor)
+  local meta = redis.call('HMGET', prefix .. 'mergedmeta:' .. author, 'c', 'g', 'f')
+  if not meta[1] then
+    complete = 0
+    unknown[#unknown + 1] = author
+    unknown[#unknown + 1] = meta[2] or ''
+    return
+  end
+  local low, inclusive = lower, false
+  if floor > lower then low, inclusive = floor, true end
+  local ids = slice(prefix .. 'merged:' .. author, low, inclusive)
+  local f = meta[3] or ''
+  if not (f == '' or (not oldest and #ids == limit) or (low ~= '' and low >= f)) then
+    complete = 0
+  end
+  for _, id in ipairs(ids) do merged[#merged + 1] = id end
+end
+if follows[1] and authors[1] then
   complete = 1
-  local list = redis.call('HGETALL', KEYS[3])
-  for i = 1, #list, 2 do
-    local author, floor = list[i], list[i + 1]
-    local meta = redis.call('HMGET', prefix .. 'mergedmeta:' .. author, 'c', 'g', 'f')
-    if meta[1] then
-      local low, inclusive = lower, false
-      if floor > lower then low, inclusive = floor, true end
-      local ids = slice(prefix .. 'merged:' .. author, low, inclusive)
-      local f = meta[3] or ''
-      if not (f == '' or (not oldest and #ids == limit) or (low ~= '' and low >= f)) then
-        complete = 0
-      end
-      for _, id in ipairs(ids) do merged[#merged + 1] = id end
-    else
-      complete = 0
-      unknown[#unknown + 1] = author
-      unknown[#unknown + 1] = meta[2] or ''
+  if redis.call('SCARD', KEYS[5]) <= redis.call('HLEN', KEYS[3]) then
+    for _, author in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+      local floor = redis.call('HGET', KEYS[3], author)
+      if floor then take(author, floor) end
+    end
+  else
+    local list = redis.call('HGETALL', KEYS[3])
+    for i = 1, #list, 2 do
+      if redis.call('SISMEMBER', KEYS[5], list[i]) == 1 then take(list[i], list[i + 1]) end
     end
   end
 end
@@ -164,8 +199,9 @@ if #page > 0 then
   for i, id in ipairs(page) do keys[i] = prefix .. 'post:' .. id end
   bodies = redis.call('MGET', unpack(keys))
 end
-return {feed[1] and 1 or 0, feed[2] or '', feed[3] or '', entries,
-  follows[1] and 1 or 0, follows[2] or '', complete, merged, unknown, page, bodies}
+return {{feed[1] and 1 or 0, feed[2] or '', feed[3] or '', entries},
+  {follows[1] and 1 or 0, follows[2] or ''}, {authors[1] and 1 or 0, authors[2] or ''},
+  complete, merged, unknown, page, bodies}
 "#;
 
 /// One Redis operation a PostgreSQL write implies, in order.
@@ -237,8 +273,12 @@ pub(crate) enum CachedEntries {
 /// Where the posts merged on read into a feed stand in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CachedMerged {
-    /// The reader's follows are not cached: fill them, guarded by `generation`.
-    FollowsMiss { generation: String },
+    /// The reader's follows, or the set of authors with merged posts, are not cached:
+    /// fill those with a generation here (it guards the fill).
+    Uncached {
+        follows: Option<String>,
+        authors: Option<String>,
+    },
     /// Every followed author's merged posts of the range (unsorted, possibly repeated).
     Complete { post_ids: Vec<i64> },
     /// Some authors' merged posts are not cached (those in `unknown`, with their
@@ -258,13 +298,13 @@ pub(crate) struct CachedPage {
     pub bodies: HashMap<i64, Body>,
 }
 
+/// Whether a part is cached, and its generation.
+type PartReply = (i64, String);
+
 type PageReply = (
-    i64,
-    String,
-    String,
-    Vec<String>,
-    i64,
-    String,
+    (i64, String, String, Vec<String>),
+    PartReply,
+    PartReply,
     i64,
     Vec<String>,
     Vec<String>,
@@ -282,6 +322,7 @@ pub struct FeedCache {
     page_script: Script,
     fill_set_script: Script,
     fill_follows_script: Script,
+    fill_authors_script: Script,
 }
 
 impl FeedCache {
@@ -303,6 +344,7 @@ impl FeedCache {
             page_script: Script::new(PAGE),
             fill_set_script: Script::new(FILL_SET),
             fill_follows_script: Script::new(FILL_FOLLOWS),
+            fill_authors_script: Script::new(FILL_AUTHORS),
         })
     }
 
@@ -413,6 +455,22 @@ impl FeedCache {
                 .arg(changes)
                 .ignore();
         }
+        let authors: BTreeSet<i64> = ops
+            .iter()
+            .filter_map(|op| match op {
+                CacheOp::Merged { author, .. } => Some(*author),
+                _ => None,
+            })
+            .collect();
+        if !authors.is_empty() {
+            pipe.cmd("EVAL")
+                .arg(APPLY_AUTHORS)
+                .arg(2)
+                .arg(layout::merged_authors_key(&self.prefix))
+                .arg(layout::merged_authors_meta_key(&self.prefix))
+                .arg(authors.iter().collect::<Vec<_>>())
+                .ignore();
+        }
         for (owner, changes) in &follows {
             pipe.cmd("EVAL")
                 .arg(APPLY_FOLLOWS)
@@ -442,6 +500,8 @@ impl FeedCache {
             .key(layout::meta_key(&self.prefix, owner))
             .key(layout::follows_key(&self.prefix, owner))
             .key(layout::follows_meta_key(&self.prefix, owner))
+            .key(layout::merged_authors_key(&self.prefix))
+            .key(layout::merged_authors_meta_key(&self.prefix))
             .arg(&self.prefix)
             .arg(range.limit)
             .arg(if range.oldest_first { "1" } else { "0" })
@@ -449,12 +509,9 @@ impl FeedCache {
             .arg(bound(range.upper));
         let mut redis = self.redis.clone();
         let (
-            feed_cached,
-            feed_generation,
-            floor,
-            entries,
-            follows_cached,
-            follows_generation,
+            (feed_cached, feed_generation, floor, entries),
+            (follows_cached, follows_generation),
+            (authors_cached, authors_generation),
             merged_complete,
             merged,
             unknown,
@@ -483,9 +540,10 @@ impl FeedCache {
                 generation: feed_generation,
             }
         };
-        let merged = if follows_cached == 0 {
-            CachedMerged::FollowsMiss {
-                generation: follows_generation,
+        let merged = if follows_cached == 0 || authors_cached == 0 {
+            CachedMerged::Uncached {
+                follows: (follows_cached == 0).then_some(follows_generation),
+                authors: (authors_cached == 0).then_some(authors_generation),
             }
         } else if merged_complete == 1 {
             CachedMerged::Complete {
@@ -594,6 +652,29 @@ impl FeedCache {
             .arg(generation);
         for (author, floor) in follows {
             invocation.arg(author).arg(member(*floor));
+        }
+        let mut redis = self.redis.clone();
+        let filled: i64 = invocation
+            .invoke_async(&mut redis)
+            .await
+            .map_err(|source| self.error(source))?;
+        Ok(filled == 1)
+    }
+
+    /// Loads the set of authors with posts merged on read, unless it changed since
+    /// `generation` was read.
+    pub(crate) async fn fill_merged_authors(
+        &self,
+        generation: &str,
+        authors: &[i64],
+    ) -> Result<bool, StorageError> {
+        let mut invocation = self.fill_authors_script.prepare_invoke();
+        invocation
+            .key(layout::merged_authors_key(&self.prefix))
+            .key(layout::merged_authors_meta_key(&self.prefix))
+            .arg(generation);
+        for author in authors {
+            invocation.arg(author);
         }
         let mut redis = self.redis.clone();
         let filled: i64 = invocation

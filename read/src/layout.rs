@@ -14,6 +14,8 @@
 //!   `c` and `g` as above.
 //! - `merged:{author}`: sorted set of the author's posts merged on read (celebrities),
 //!   as `feed:`; `mergedmeta:{author}` with `c`, `g` and `f` as above.
+//! - `mergedauthors`: set of every author with posts merged on read, so that a page
+//!   looks only at those its reader follows; `mergedauthorsmeta` with `c` and `g`.
 //! - `post:{id}`: a post's body ([`encode_post`]), or `""` once it is deleted; the only
 //!   keys with a time to live ([`crate::POST_CACHE_TTL`]).
 
@@ -47,6 +49,16 @@ pub fn merged_meta_key(prefix: &str, author: i64) -> String {
     format!("{prefix}mergedmeta:{author}")
 }
 
+/// The set of every author with posts merged on read.
+pub fn merged_authors_key(prefix: &str) -> String {
+    format!("{prefix}mergedauthors")
+}
+
+/// The hash with the generation of the set of authors with merged posts.
+pub fn merged_authors_meta_key(prefix: &str) -> String {
+    format!("{prefix}mergedauthorsmeta")
+}
+
 /// A post's cached body, named by its member (the page script has members at hand).
 pub fn post_key(prefix: &str, post_id: i64) -> String {
     format!("{prefix}post:{}", member(post_id))
@@ -72,6 +84,7 @@ pub fn cache_key_patterns(prefix: &str) -> Vec<String> {
     ]
     .iter()
     .map(|class| format!("{prefix}{class}:*"))
+    .chain([merged_authors_key(prefix), merged_authors_meta_key(prefix)])
     .collect()
 }
 

@@ -222,20 +222,45 @@ impl FeedReader {
                 }
                 self.stored_merged_ids(owner, range).await
             }
-            CachedMerged::FollowsMiss { generation } => {
-                self.metrics.postgres_queries.inc();
-                let follows: Vec<(i64, i64)> =
-                    sqlx::query_as("SELECT author_id, min_post_id FROM follows WHERE user_id = $1")
-                        .bind(owner)
-                        .fetch_all(&self.pool)
-                        .await
-                        .map_err(|source| self.pg_error(source))?;
-                if let Err(error) = self.cache.fill_follows(owner, &generation, &follows).await {
-                    self.cache_error(&error, owner, "follows");
+            CachedMerged::Uncached { follows, authors } => {
+                if let Some(generation) = follows {
+                    self.fill_follows(owner, &generation).await?;
+                }
+                if let Some(generation) = authors {
+                    self.fill_merged_authors(&generation).await?;
                 }
                 self.stored_merged_ids(owner, range).await
             }
         }
+    }
+
+    async fn fill_follows(&self, owner: i64, generation: &str) -> Result<(), StorageError> {
+        self.metrics.postgres_queries.inc();
+        let follows: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT author_id, min_post_id FROM follows WHERE user_id = $1")
+                .bind(owner)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|source| self.pg_error(source))?;
+        if let Err(error) = self.cache.fill_follows(owner, generation, &follows).await {
+            self.cache_error(&error, owner, "follows");
+        }
+        Ok(())
+    }
+
+    /// Caches the set of authors with merged posts: rare (after Redis lost it), and a
+    /// scan of `merged_posts`' key.
+    async fn fill_merged_authors(&self, generation: &str) -> Result<(), StorageError> {
+        self.metrics.postgres_queries.inc();
+        let authors: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT author_id FROM merged_posts")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| self.pg_error(source))?;
+        if let Err(error) = self.cache.fill_merged_authors(generation, &authors).await {
+            self.metrics.cache_errors.inc();
+            tracing::warn!(%error, "could not fill the cache of authors with merged posts");
+        }
+        Ok(())
     }
 
     /// Caches the newest merged posts of `authors` (each with the generation read).
