@@ -365,11 +365,7 @@ impl Bench {
     /// Bytes per cached feed entry and per cached post body, from a sample of keys.
     pub(crate) async fn redis_memory(&self) -> anyhow::Result<RedisMemory> {
         const SAMPLE: usize = 500;
-        let client = redis::Client::open(self.redis_url.as_str()).context("the Redis URL")?;
-        let mut redis = client
-            .get_multiplexed_async_connection()
-            .await
-            .with_context(|| format!("connecting to Redis at {}", self.redis_url))?;
+        let mut redis = connect_redis(&self.redis_url).await?;
         let feeds = scan_some(
             &mut redis,
             &layout::feed_key_pattern(&self.redis_prefix),
@@ -453,32 +449,23 @@ async fn scan_some(
 }
 
 async fn delete_keys(url: &str, pattern: &str) -> anyhow::Result<()> {
+    let mut redis = connect_redis(url).await?;
+    let keys = scan_some(&mut redis, pattern, usize::MAX).await?;
+    for chunk in keys.chunks(1000) {
+        redis::cmd("DEL")
+            .arg(chunk)
+            .query_async::<()>(&mut redis)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(url).context("the Redis URL")?;
-    let mut redis = client
+    client
         .get_multiplexed_async_connection()
         .await
-        .with_context(|| format!("connecting to Redis at {url}"))?;
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut redis)
-            .await?;
-        if !keys.is_empty() {
-            redis::cmd("DEL")
-                .arg(keys)
-                .query_async::<()>(&mut redis)
-                .await?;
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
-    }
+        .with_context(|| format!("connecting to Redis at {url}"))
 }
 
 #[cfg(test)]

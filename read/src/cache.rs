@@ -626,12 +626,7 @@ impl FeedCache {
         for id in newest {
             invocation.arg(member(*id));
         }
-        let mut redis = self.redis.clone();
-        let filled: i64 = invocation
-            .invoke_async(&mut redis)
-            .await
-            .map_err(|source| self.error(source))?;
-        Ok(filled == 1)
+        self.fill(invocation).await
     }
 
     /// Loads a user's follows (author, floor), unless they changed since `generation`
@@ -653,12 +648,7 @@ impl FeedCache {
         for (author, floor) in follows {
             invocation.arg(author).arg(member(*floor));
         }
-        let mut redis = self.redis.clone();
-        let filled: i64 = invocation
-            .invoke_async(&mut redis)
-            .await
-            .map_err(|source| self.error(source))?;
-        Ok(filled == 1)
+        self.fill(invocation).await
     }
 
     /// Loads the set of authors with posts merged on read, unless it changed since
@@ -676,6 +666,11 @@ impl FeedCache {
         for author in authors {
             invocation.arg(author);
         }
+        self.fill(invocation).await
+    }
+
+    /// Runs a fill script: whether it filled (its guard held).
+    async fn fill(&self, invocation: redis::ScriptInvocation<'_>) -> Result<bool, StorageError> {
         let mut redis = self.redis.clone();
         let filled: i64 = invocation
             .invoke_async(&mut redis)
