@@ -35,9 +35,24 @@ export DATABASE_URL="${DATABASE_URL:-$PG_ADMIN_URL/feedstream}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 export FEEDSTREAM_STATE_DIR="${FEEDSTREAM_STATE_DIR:-$DATA/state}"
 
+# The API's bearer tokens are signed with a key made once and kept with the data.
+if [ -z "${FEEDSTREAM_TOKEN_KEYS:-}" ] && [ -z "${FEEDSTREAM_TOKEN_KEYS_FILE:-}" ]; then
+  export FEEDSTREAM_TOKEN_KEYS_FILE="$DATA/token-keys"
+  if [ ! -s "$FEEDSTREAM_TOKEN_KEYS_FILE" ]; then
+    say "making a token signing key in $FEEDSTREAM_TOKEN_KEYS_FILE (to rotate: add a new first line, drop the old one after its tokens expired)"
+    (umask 077
+     printf '# kid:secret, one per line: the first signs, every one verifies\nlocal-%s:%s\n' \
+       "$(date +%Y%m%d)" "$(head -c 32 /dev/urandom | base64 | tr -d '\n=')" >"$FEEDSTREAM_TOKEN_KEYS_FILE")
+  fi
+fi
+
 say "creating topics"
 "$BIN" topics create
 say "applying migrations"
 "$BIN" migrate
 say "starting api, processor and sink on http://127.0.0.1:8080 (Ctrl-C to stop)"
+MINT="$BIN token --user 1"
+[ -n "${FEEDSTREAM_TOKEN_KEYS_FILE:-}" ] && MINT="FEEDSTREAM_TOKEN_KEYS_FILE=$FEEDSTREAM_TOKEN_KEYS_FILE $MINT"
+say "a token for user 1 (valid 1 h): TOKEN=\$($MINT)"
+say "then: curl -s http://127.0.0.1:8080/feeds/1 -H \"Authorization: Bearer \$TOKEN\""
 "$BIN" run

@@ -190,6 +190,8 @@ pub enum Command {
     Migrate,
     /// Serve the HTTP API: validate, publish one event, answer; read feeds.
     Api(ApiArgs),
+    /// Print a bearer token for a user, signed with the first of the token keys.
+    Token(TokenArgs),
     /// Run the feed topology: join posts and follows, fan out into feed-events.
     Process(ProcessArgs),
     /// Materialize feed-events and post-events into PostgreSQL and Redis.
@@ -280,6 +282,34 @@ pub enum TopicsCommand {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The user the token speaks for (its subject).
+    #[arg(long)]
+    pub user: u64,
+    /// How long the token is valid: seconds, or a number with s, m, h or d.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: std::time::Duration,
+    #[command(flatten)]
+    pub keys: TokenKeyArgs,
+}
+
+/// Where the API's token keys come from: `kid:secret` entries; the first signs, every
+/// one verifies (ARCHITECTURE.md, "Authentication", says how to rotate them).
+#[derive(Debug, Clone, Args)]
+pub struct TokenKeyArgs {
+    /// Token keys, `kid:secret` separated by commas; secrets of at least 32 bytes.
+    #[arg(long, env = "FEEDSTREAM_TOKEN_KEYS", hide_env_values = true)]
+    pub token_keys: Option<String>,
+    /// A file of token keys, one `kid:secret` per line (`#` starts a comment).
+    #[arg(
+        long,
+        env = "FEEDSTREAM_TOKEN_KEYS_FILE",
+        conflicts_with = "token_keys"
+    )]
+    pub token_keys_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
     /// Address the HTTP API listens on.
     #[arg(long, env = "FEEDSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
@@ -298,6 +328,8 @@ pub struct ApiArgs {
         default_value_t = 10_000
     )]
     pub max_pending_publishes: u32,
+    #[command(flatten)]
+    pub keys: TokenKeyArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -407,6 +439,30 @@ fn parse_guarantee(text: &str) -> Result<ProcessingGuarantee, String> {
         .map_err(|error: UnknownGuarantee| error.to_string())
 }
 
+/// `90`, `90s`, `15m`, `12h` or `7d`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let seconds_per_unit = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("expected a number with s, m, h or d, got {text:?}")),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a number with s, m, h or d, got {text:?}"))?;
+    number
+        .checked_mul(seconds_per_unit)
+        .filter(|seconds| *seconds > 0)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is not a positive duration that fits"))
+}
+
 /// `KEY=VALUE`, both non-empty.
 fn parse_property(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -414,5 +470,22 @@ fn parse_property(text: &str) -> Result<(String, String), String> {
             Ok((key.trim().to_string(), value.to_string()))
         }
         _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_take_a_unit_or_mean_seconds() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        for bad in ["", "h", "0", "1w", "-5m", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 }

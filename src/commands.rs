@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use feedstream_api::auth::TokenKeys;
 use feedstream_api::publisher::EventPublisher;
 use feedstream_api::{ApiMetrics, ApiState};
 use feedstream_core::feed::FeedRules;
@@ -18,7 +19,8 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::cli::{
-    ApiArgs, Cli, Command, GlobalArgs, ProcessArgs, RebuildArgs, SinkArgs, TopicsCommand,
+    ApiArgs, Cli, Command, GlobalArgs, ProcessArgs, RebuildArgs, SinkArgs, TokenKeyArgs,
+    TopicsCommand,
 };
 
 /// Runtimes wait this long for a broker acknowledgement before giving up on a batch
@@ -94,6 +96,16 @@ async fn execute(
                 receiver,
             )
             .await
+        }
+        Command::Token(args) => {
+            let keys = token_keys(&args.keys)?;
+            let user = feedstream_core::ids::UserId::new(args.user)
+                .with_context(|| format!("--user {}", args.user))?;
+            println!(
+                "{}",
+                keys.mint(user, std::time::SystemTime::now(), args.ttl)?
+            );
+            Ok(())
         }
         Command::Api(args) => {
             let (mut registry, _) = registries();
@@ -461,9 +473,23 @@ async fn migrate_when_available(
     }
 }
 
+/// The token keys of `--token-keys` or `--token-keys-file`.
+fn token_keys(args: &TokenKeyArgs) -> anyhow::Result<TokenKeys> {
+    let spec = match (&args.token_keys, &args.token_keys_file) {
+        (Some(spec), _) => spec.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token keys file {}", path.display()))?,
+        (None, None) => bail!(
+            "no token keys: set FEEDSTREAM_TOKEN_KEYS=kid:secret (or --token-keys-file FILE, \
+             one kid:secret per line); `openssl rand -base64 32` makes a secret"
+        ),
+    };
+    Ok(TokenKeys::parse(&spec)?)
+}
+
 struct PreparedApi {
     listener: tokio::net::TcpListener,
-    state_parts: (Arc<EventPublisher>, FeedReader, ApiMetrics),
+    state_parts: (Arc<EventPublisher>, FeedReader, Arc<TokenKeys>, ApiMetrics),
 }
 
 impl PreparedApi {
@@ -472,10 +498,11 @@ impl PreparedApi {
         registry: Arc<Registry>,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let (publisher, reader, metrics) = self.state_parts;
+        let (publisher, reader, tokens, metrics) = self.state_parts;
         let state = ApiState {
             publisher,
             reader,
+            tokens,
             registry,
             metrics,
         };
@@ -492,6 +519,7 @@ async fn prepare_api(
     args: &ApiArgs,
     registry: &mut Registry,
 ) -> anyhow::Result<PreparedApi> {
+    let tokens = Arc::new(token_keys(&args.keys)?);
     let settings = kafka(global, Duration::from_millis(args.publish_timeout_ms));
     topics::verify_layout(&settings, topics, false).with_context(|| {
         format!(
@@ -527,11 +555,12 @@ async fn prepare_api(
     let address = listener.local_addr().unwrap_or(args.listen);
     tracing::info!(%address, "API listening");
     println!("{}http://{address}", feedstream_api::LISTENING_ON);
-    println!("  try: curl -s -X POST http://{address}/posts -H 'X-User-Id: 1' -d '{{\"content\":\"hello\"}}'");
-    println!("       curl -s http://{address}/feeds/1");
+    println!("  try: TOKEN=$(feedstream token --user 1)   # with the same token keys");
+    println!("       curl -s -X POST http://{address}/posts -H \"Authorization: Bearer $TOKEN\" -d '{{\"content\":\"hello\"}}'");
+    println!("       curl -s http://{address}/feeds/1 -H \"Authorization: Bearer $TOKEN\"");
     Ok(PreparedApi {
         listener,
-        state_parts: (publisher, reader, metrics),
+        state_parts: (publisher, reader, tokens, metrics),
     })
 }
 

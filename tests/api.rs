@@ -2,9 +2,12 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::{Deployment, Engines, PrivateKafka};
+use feedstream_api::auth::TokenKeys;
+use feedstream_core::ids::UserId;
+use feedstream_harness::token;
 use reqwest::StatusCode;
 
 async fn error_of(response: reqwest::Response) -> anyhow::Result<(StatusCode, String)> {
@@ -25,65 +28,45 @@ async fn bad_input_gets_a_json_4xx() -> anyhow::Result<()> {
     deployment.create_topics(1).await?;
     let (_api, base) = deployment.spawn_api(&[]).await?;
     let http = reqwest::Client::new();
-    let post = |user: Option<&str>, body: String| {
-        let mut request = http
-            .post(format!("{base}/posts"))
+    let (one, seven) = (token(1)?, token(7)?);
+    let post = |body: String| {
+        http.post(format!("{base}/posts"))
             .header("content-type", "application/json")
-            .body(body);
-        if let Some(user) = user {
-            request = request.header("X-User-Id", user);
-        }
-        request.send()
+            .bearer_auth(&one)
+            .body(body)
+            .send()
     };
+    let get = |path: &str| http.get(format!("{base}{path}")).bearer_auth(&one).send();
 
     let cases: Vec<(reqwest::Response, StatusCode, &str)> = vec![
         (
-            post(Some("1"), r#"{"content": "   "}"#.into()).await?,
+            post(r#"{"content": "   "}"#.into()).await?,
             StatusCode::BAD_REQUEST,
             "invalid_content",
         ),
         (
-            post(
-                Some("1"),
-                serde_json::json!({"content": "x".repeat(501)}).to_string(),
-            )
-            .await?,
+            post(serde_json::json!({"content": "x".repeat(501)}).to_string()).await?,
             StatusCode::BAD_REQUEST,
             "invalid_content",
         ),
         (
-            post(Some("1"), r#"{"content": "hi", "extra": 1}"#.into()).await?,
+            post(r#"{"content": "hi", "extra": 1}"#.into()).await?,
             StatusCode::BAD_REQUEST,
             "invalid_body",
         ),
         (
-            post(Some("1"), r#"{"content": "#.into()).await?,
+            post(r#"{"content": "#.into()).await?,
             StatusCode::BAD_REQUEST,
             "invalid_body",
         ),
         (
-            post(Some("1"), "x".repeat(20_000)).await?,
+            post("x".repeat(20_000)).await?,
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
         ),
         (
-            post(Some("abc"), r#"{"content": "hi"}"#.into()).await?,
-            StatusCode::BAD_REQUEST,
-            "invalid_user_id",
-        ),
-        (
-            post(Some("0"), r#"{"content": "hi"}"#.into()).await?,
-            StatusCode::BAD_REQUEST,
-            "invalid_user_id",
-        ),
-        (
-            post(None, r#"{"content": "hi"}"#.into()).await?,
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-        ),
-        (
             http.post(format!("{base}/follows"))
-                .header("X-User-Id", "7")
+                .bearer_auth(&seven)
                 .body(r#"{"followee_id": "7"}"#)
                 .send()
                 .await?,
@@ -92,7 +75,7 @@ async fn bad_input_gets_a_json_4xx() -> anyhow::Result<()> {
         ),
         (
             http.post(format!("{base}/follows"))
-                .header("X-User-Id", "7")
+                .bearer_auth(&seven)
                 .body(r#"{"followee_id": "-3"}"#)
                 .send()
                 .await?,
@@ -101,30 +84,30 @@ async fn bad_input_gets_a_json_4xx() -> anyhow::Result<()> {
         ),
         (
             http.delete(format!("{base}/follows/abc"))
-                .header("X-User-Id", "7")
+                .bearer_auth(&seven)
                 .send()
                 .await?,
             StatusCode::BAD_REQUEST,
             "invalid_user_id",
         ),
         (
-            http.get(format!("{base}/feeds/1?limit=0")).send().await?,
+            get("/feeds/1?limit=0").await?,
             StatusCode::BAD_REQUEST,
             "invalid_limit",
         ),
         (
-            http.get(format!("{base}/feeds/1?limit=101")).send().await?,
+            get("/feeds/1?limit=101").await?,
             StatusCode::BAD_REQUEST,
             "invalid_limit",
         ),
         (
-            http.get(format!("{base}/feeds/1?max_id=-3")).send().await?,
+            get("/feeds/1?max_id=-3").await?,
             StatusCode::BAD_REQUEST,
             "invalid_query",
         ),
         (
             http.delete(format!("{base}/posts/abc"))
-                .header("X-User-Id", "7")
+                .bearer_auth(&seven)
                 .send()
                 .await?,
             StatusCode::BAD_REQUEST,
@@ -132,29 +115,24 @@ async fn bad_input_gets_a_json_4xx() -> anyhow::Result<()> {
         ),
         (
             http.delete(format!("{base}/posts/123456"))
-                .header("X-User-Id", "7")
+                .bearer_auth(&seven)
                 .send()
                 .await?,
             StatusCode::NOT_FOUND,
             "post_not_found",
         ),
         (
-            http.delete(format!("{base}/posts/123456")).send().await?,
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-        ),
-        (
-            http.get(format!("{base}/feeds/1?limit=x")).send().await?,
+            get("/feeds/1?limit=x").await?,
             StatusCode::BAD_REQUEST,
             "invalid_query",
         ),
         (
-            http.get(format!("{base}/feeds/1?color=red")).send().await?,
+            get("/feeds/1?color=red").await?,
             StatusCode::BAD_REQUEST,
             "invalid_query",
         ),
         (
-            http.get(format!("{base}/feeds/x")).send().await?,
+            get("/feeds/x").await?,
             StatusCode::BAD_REQUEST,
             "invalid_user_id",
         ),
@@ -174,7 +152,7 @@ async fn bad_input_gets_a_json_4xx() -> anyhow::Result<()> {
     }
 
     // Valid requests go through; metrics count them.
-    let accepted = post(Some("1"), r#"{"content": "hello"}"#.into()).await?;
+    let accepted = post(r#"{"content": "hello"}"#.into()).await?;
     assert_eq!(accepted.status(), StatusCode::ACCEPTED);
     let body: serde_json::Value = accepted.json().await?;
     assert_eq!(
@@ -198,6 +176,182 @@ async fn bad_input_gets_a_json_4xx() -> anyhow::Result<()> {
     for service in ["kafka", "postgres", "redis"] {
         assert_eq!(health[service]["status"], "up", "{health}");
     }
+    Ok(())
+}
+
+/// The 401 of a refused token: its JSON code and the `error` of its challenge.
+async fn refusal_of(response: reqwest::Response) -> anyhow::Result<(StatusCode, String, String)> {
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let (status, code) = error_of(response).await?;
+    assert!(
+        challenge.starts_with("Bearer realm=\"feedstream\"")
+            && challenge.contains("error_description=\""),
+        "{challenge}"
+    );
+    let error = challenge
+        .split("error=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_string();
+    Ok((status, code, error))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caller_is_the_subject_of_a_valid_token_and_a_feed_is_its_owners_only(
+) -> anyhow::Result<()> {
+    let engines = Engines::from_env();
+    let deployment = Deployment::new(&engines).await?;
+    deployment.create_topics(1).await?;
+    // A rotation in progress: `new` signs, the harness's key still verifies.
+    let new_key = "new:a-second-secret-that-signs-after-the-rotation";
+    let keys = format!("{new_key},{}", feedstream_harness::TOKEN_KEYS);
+    let mut command = deployment.command(&["api", "--listen", "127.0.0.1:0"]);
+    command.env("FEEDSTREAM_TOKEN_KEYS", &keys);
+    let (_api, base) = deployment.serve(command).await?;
+    let http = reqwest::Client::new();
+    let write = |authorization: Option<String>| {
+        let request = http
+            .post(format!("{base}/posts"))
+            .body(r#"{"content": "who am I"}"#);
+        match authorization {
+            Some(value) => request.header("authorization", value),
+            None => request,
+        }
+        .send()
+    };
+    let user = |id| UserId::new(id).expect("a valid id");
+    let hour = Duration::from_secs(3600);
+    let harness = feedstream_harness::token_keys()?;
+    let expired = harness.mint(user(1), SystemTime::now() - 3 * hour, hour)?;
+    let forged = TokenKeys::parse("harness:not-the-harness-secret-but-long-enough")?.mint(
+        user(1),
+        SystemTime::now(),
+        hour,
+    )?;
+    let stranger = TokenKeys::parse("elsewhere:a-key-this-deployment-has-never-seen")?.mint(
+        user(1),
+        SystemTime::now(),
+        hour,
+    )?;
+    let cases = [
+        (None, "missing_token", "invalid_request"),
+        (
+            Some("Basic dXNlcjpwYXNz".to_string()),
+            "invalid_token",
+            "invalid_token",
+        ),
+        (
+            Some("Bearer not.a.jwt".to_string()),
+            "invalid_token",
+            "invalid_token",
+        ),
+        (
+            Some(format!("Bearer {expired}")),
+            "token_expired",
+            "invalid_token",
+        ),
+        (
+            Some(format!("Bearer {forged}")),
+            "invalid_token",
+            "invalid_token",
+        ),
+        (
+            Some(format!("Bearer {stranger}")),
+            "invalid_token",
+            "invalid_token",
+        ),
+    ];
+    for (index, (authorization, code, error)) in cases.into_iter().enumerate() {
+        let refusal = refusal_of(write(authorization).await?).await?;
+        assert_eq!(
+            refusal,
+            (
+                StatusCode::UNAUTHORIZED,
+                code.to_string(),
+                error.to_string()
+            ),
+            "case {index}"
+        );
+    }
+
+    // Tokens of the old key and of the new one (minted by the CLI) both act as their
+    // subject; a lower-case scheme is still Bearer.
+    let (ok, minted, stderr) = {
+        let output = deployment
+            .command(&["token", "--user", "5", "--ttl", "10m"])
+            .env("FEEDSTREAM_TOKEN_KEYS", new_key)
+            .output()
+            .await?;
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).trim().to_string(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    assert!(ok, "feedstream token failed: {stderr}");
+    for (authorization, author) in [
+        (format!("Bearer {}", token(4)?), "4"),
+        (format!("bearer {minted}"), "5"),
+    ] {
+        let response = write(Some(authorization)).await?;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: serde_json::Value = response.json().await?;
+        assert!(body["post_id"].is_string(), "{body} for user {author}");
+    }
+
+    // A home feed is private.
+    let own = http
+        .get(format!("{base}/feeds/5"))
+        .bearer_auth(&minted)
+        .send()
+        .await?;
+    assert_eq!(own.status(), StatusCode::OK);
+    let other = http
+        .get(format!("{base}/feeds/4"))
+        .bearer_auth(&minted)
+        .send()
+        .await?;
+    let (status, code) = error_of(other).await?;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    let anonymous = http.get(format!("{base}/feeds/4")).send().await?;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for (reason, count) in [
+        ("missing", 2),
+        ("malformed", 2),
+        ("expired", 1),
+        ("bad_signature", 1),
+        ("unknown_key", 1),
+        ("forbidden", 1),
+    ] {
+        let line = format!("api_auth_rejections_total{{reason=\"{reason}\"}} {count}");
+        assert!(metrics.contains(&line), "no `{line}` in {metrics}");
+    }
+
+    // Without keys the API does not start, and says what to set.
+    let output = deployment
+        .command(&["api", "--listen", "127.0.0.1:0"])
+        .env_remove("FEEDSTREAM_TOKEN_KEYS")
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("FEEDSTREAM_TOKEN_KEYS"), "{stderr}");
     Ok(())
 }
 
@@ -241,9 +395,10 @@ async fn writes_answer_503_in_bounded_time_when_the_broker_is_gone() -> anyhow::
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
+    let author = token(1)?;
     let write = || {
         http.post(format!("{base}/posts"))
-            .header("X-User-Id", "1")
+            .bearer_auth(&author)
             .body(r#"{"content": "hello"}"#)
             .send()
     };

@@ -370,7 +370,9 @@ fn spawn_readers(base: String, users: u64, stop: Arc<AtomicBool>) -> tokio::task
         while !stop.load(Ordering::Relaxed) {
             let owner = rng.u64(1..=users.min(200));
             let url = format!("{base}/feeds/{owner}?limit=20");
-            if let Ok(response) = http.get(url).send().await {
+            // A token that cannot be minted reads nothing, and so serves nothing.
+            let token = feedstream_harness::token(owner).unwrap_or_default();
+            if let Ok(response) = http.get(url).bearer_auth(token).send().await {
                 served += u64::from(response.status().is_success());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -411,9 +413,18 @@ fn spawn_writer(
             pace.tick().await;
             let author = first + n % 5;
             n += 1;
+            let token = match feedstream_harness::token(author) {
+                Ok(token) => token,
+                Err(error) => {
+                    writes
+                        .wrong
+                        .push(format!("no token for user {author}: {error}"));
+                    continue;
+                }
+            };
             let sent = http
                 .post(format!("{base}/posts"))
-                .header("X-User-Id", author.to_string())
+                .bearer_auth(token)
                 .json(&serde_json::json!({ "content": format!("write {n} during the faults") }))
                 .send()
                 .await;

@@ -1,4 +1,6 @@
 use serde::Serialize;
+
+use crate::auth::TokenRejection;
 use warp::http::StatusCode;
 
 /// An error answered to a client: a status and a JSON body `{"error", "message"}`.
@@ -10,6 +12,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong and, where it helps, how to fix it.
     pub message: String,
+    /// The `WWW-Authenticate` challenge of a 401.
+    pub challenge: Option<String>,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -26,6 +30,24 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            challenge: None,
+        }
+    }
+
+    /// A 401 for a refused token, with its RFC 6750 challenge.
+    pub fn unauthorized(rejection: &TokenRejection) -> Self {
+        let code = match rejection {
+            TokenRejection::Missing => "missing_token",
+            TokenRejection::Expired => "token_expired",
+            _ => "invalid_token",
+        };
+        let description = rejection.to_string().replace(['"', '\\'], "'");
+        Self {
+            challenge: Some(format!(
+                "Bearer realm=\"feedstream\", error=\"{}\", error_description=\"{description}\"",
+                rejection.error_code()
+            )),
+            ..Self::new(StatusCode::UNAUTHORIZED, code, rejection.to_string())
         }
     }
 
@@ -44,6 +66,15 @@ impl ApiError {
             message: &self.message,
         });
         let mut response = warp::reply::with_status(body, self.status).into_response();
+        if let Some(value) = self
+            .challenge
+            .as_deref()
+            .and_then(|challenge| warp::http::HeaderValue::from_str(challenge).ok())
+        {
+            response
+                .headers_mut()
+                .insert(warp::http::header::WWW_AUTHENTICATE, value);
+        }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 warp::http::header::RETRY_AFTER,

@@ -1,6 +1,7 @@
 //! The request plane: validate, publish one event, answer. Reads come from the read
 //! path (`feedstream-read`). Nothing here fans out or writes feed data.
 
+pub mod auth;
 mod error;
 mod health;
 mod metrics;

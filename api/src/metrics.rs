@@ -22,6 +22,11 @@ pub struct EventLabel {
     pub r#type: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 /// Metrics of the HTTP API, named by Prometheus conventions.
 #[derive(Clone)]
 pub struct ApiMetrics {
@@ -29,6 +34,7 @@ pub struct ApiMetrics {
     pub duration: Family<RouteLabels, Histogram>,
     pub published: Family<EventLabel, Counter>,
     pub publish_failures: Counter,
+    pub auth_rejections: Family<ReasonLabel, Counter>,
 }
 
 impl ApiMetrics {
@@ -41,6 +47,7 @@ impl ApiMetrics {
             }),
             published: Family::default(),
             publish_failures: Counter::default(),
+            auth_rejections: Family::default(),
         };
         registry.register(
             "http_requests",
@@ -61,6 +68,12 @@ impl ApiMetrics {
             "api_publish_failures",
             "Events the broker did not acknowledge in time",
             metrics.publish_failures.clone(),
+        );
+        registry.register(
+            "api_auth_rejections",
+            "Requests refused as unauthenticated (401, by why the token was refused) or \
+             forbidden (403, reason=\"forbidden\")",
+            metrics.auth_rejections.clone(),
         );
         metrics
     }

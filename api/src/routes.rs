@@ -2,6 +2,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::auth::{TokenKeys, TokenRejection};
 use crate::publisher::{EventPublisher, PublishError};
 use feedstream_core::event::{validate_content, Envelope, EventBody};
 use feedstream_core::ids::{PostId, UserId};
@@ -15,7 +16,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::error::{recover, ApiError};
 use crate::health::health;
-use crate::metrics::{route_of, ApiMetrics, EventLabel};
+use crate::metrics::{route_of, ApiMetrics, EventLabel, ReasonLabel};
 
 /// Largest request body accepted; a post of 500 characters is at most 2 KB of JSON.
 pub const MAX_BODY_BYTES: u64 = 16 * 1024;
@@ -27,6 +28,7 @@ const MAX_PAGE_SIZE: usize = 100;
 pub struct ApiState {
     pub publisher: Arc<EventPublisher>,
     pub reader: FeedReader,
+    pub tokens: Arc<TokenKeys>,
     pub registry: Arc<Registry>,
     pub metrics: ApiMetrics,
 }
@@ -69,32 +71,34 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
     let metrics = state.metrics.clone();
     // Paths before methods: an unknown path is a 404, a known one with the wrong
     // method a 405.
+    let authenticated = caller(state.clone());
     let with_state = warp::any().map(move || state.clone());
 
     let create_post = warp::path!("posts")
         .and(warp::post())
-        .and(caller())
+        .and(authenticated.clone())
         .and(json_body::<NewPost>())
         .and(with_state.clone())
         .and_then(create_post);
     let delete_post = warp::path!("posts" / String)
         .and(warp::delete())
-        .and(caller())
+        .and(authenticated.clone())
         .and(with_state.clone())
         .and_then(delete_post);
     let follow = warp::path!("follows")
         .and(warp::post())
-        .and(caller())
+        .and(authenticated.clone())
         .and(json_body::<NewFollow>())
         .and(with_state.clone())
         .and_then(follow);
     let unfollow = warp::path!("follows" / String)
         .and(warp::delete())
-        .and(caller())
+        .and(authenticated.clone())
         .and(with_state.clone())
         .and_then(unfollow);
     let feed = warp::path!("feeds" / String)
         .and(warp::get())
+        .and(authenticated)
         .and(warp::query::<FeedQuery>())
         .and(with_state.clone())
         .and_then(feed);
@@ -136,23 +140,42 @@ fn reject(error: ApiError) -> Rejection {
     warp::reject::custom(error)
 }
 
-/// The calling user, from `X-User-Id` (a stand-in until authentication lands).
-fn caller() -> impl Filter<Extract = (UserId,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("x-user-id").and_then(|value: Option<String>| async move {
-        let value = value.ok_or_else(|| {
-            reject(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "send the calling user's id in the X-User-Id header",
-            ))
-        })?;
-        value.trim().parse::<UserId>().map_err(|error| {
-            reject(ApiError::bad_request(
-                "invalid_user_id",
-                format!("X-User-Id: {error}"),
-            ))
-        })
+/// The calling user: the subject of the request's bearer token.
+fn caller(state: ApiState) -> impl Filter<Extract = (UserId,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization").and_then(move |value: Option<String>| {
+        let verified = authenticate(&state, value.as_deref());
+        async move { verified.map_err(reject) }
     })
+}
+
+fn authenticate(state: &ApiState, authorization: Option<&str>) -> Result<UserId, ApiError> {
+    let token = match authorization {
+        None => Err(TokenRejection::Missing),
+        Some(value) => bearer_token(value).ok_or_else(|| {
+            TokenRejection::Malformed("the Authorization header is not `Bearer <token>`".into())
+        }),
+    };
+    token
+        .and_then(|token| state.tokens.verify(token))
+        .map_err(|rejection| {
+            count_rejection(state, rejection.reason());
+            ApiError::unauthorized(&rejection)
+        })
+}
+
+/// The token of an RFC 6750 `Bearer` credential; the scheme is case-insensitive.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn count_rejection(state: &ApiState, reason: &'static str) {
+    state
+        .metrics
+        .auth_rejections
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
 }
 
 /// A JSON body of at most [`MAX_BODY_BYTES`], with unknown fields refused.
@@ -295,12 +318,22 @@ async fn unfollow(
     Ok(accepted(serde_json::json!({ "event_id": event.event_id })))
 }
 
+/// A home feed is private: only its owner reads it.
 async fn feed(
     user: String,
+    caller: UserId,
     query: FeedQuery,
     state: ApiState,
 ) -> Result<warp::reply::Response, Rejection> {
     let user = path_user(&user)?;
+    if user != caller {
+        count_rejection(&state, "forbidden");
+        return Err(reject(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("a home feed is private: user {caller} cannot read the feed of user {user}"),
+        )));
+    }
     let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&limit) {
         return Err(reject(ApiError::bad_request(
@@ -364,5 +397,19 @@ pub fn metrics_text(registry: &Registry) -> warp::reply::Response {
             "metrics could not be encoded",
         )
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn a_bearer_credential_is_its_scheme_in_any_case_and_a_token() {
+        assert_eq!(bearer_token("Bearer abc.def.ghi"), Some("abc.def.ghi"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        for refused in ["Basic dXNlcg==", "Bearer", "Bearer   ", "abc.def.ghi", ""] {
+            assert_eq!(bearer_token(refused), None, "{refused:?}");
+        }
     }
 }

@@ -21,6 +21,9 @@ const MAX_MICROS: u64 = 60_000_000;
 pub struct Target {
     http: reqwest::Client,
     base: String,
+    /// `Authorization` values of users 1..=n, at index user - 1: minted once, so that
+    /// the load generator spends no CPU on signing while it measures.
+    authorizations: Arc<Vec<String>>,
 }
 
 /// What the API answered.
@@ -30,41 +33,60 @@ pub struct Answer {
 }
 
 impl Target {
-    pub fn new(base: &str, connections: usize) -> anyhow::Result<Self> {
+    /// A client of the API at `base` for users 1..=`users`.
+    pub fn new(base: &str, connections: usize, users: u64) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(connections)
             .timeout(Duration::from_secs(30))
             .build()
             .context("building the HTTP client")?;
+        let authorizations = (1..=users)
+            .map(|user| Ok(format!("Bearer {}", feedstream_harness::token(user)?)))
+            .collect::<anyhow::Result<Vec<String>>>()?;
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_string(),
+            authorizations: Arc::new(authorizations),
         })
     }
 
+    /// The `Authorization` of `user`; none for a user beyond the workload's, whom the
+    /// API then refuses.
+    fn authorization(&self, user: u64) -> &str {
+        usize::try_from(user.wrapping_sub(1))
+            .ok()
+            .and_then(|index| self.authorizations.get(index))
+            .map_or("", String::as_str)
+    }
+
     pub async fn send(&self, op: Op, index: usize) -> Result<Answer, reqwest::Error> {
-        let request = match op {
-            Op::Follow { follower, followee } => self
-                .http
-                .post(format!("{}/follows", self.base))
-                .header("x-user-id", follower)
-                .body(format!(r#"{{"followee_id":"{followee}"}}"#)),
-            Op::Unfollow { follower, followee } => self
-                .http
-                .delete(format!("{}/follows/{followee}", self.base))
-                .header("x-user-id", follower),
-            Op::Post { author } => self
-                .http
-                .post(format!("{}/posts", self.base))
-                .header("x-user-id", author)
-                .body(format!(
+        let (request, caller) = match op {
+            Op::Follow { follower, followee } => (
+                self.http
+                    .post(format!("{}/follows", self.base))
+                    .body(format!(r#"{{"followee_id":"{followee}"}}"#)),
+                follower,
+            ),
+            Op::Unfollow { follower, followee } => (
+                self.http
+                    .delete(format!("{}/follows/{followee}", self.base)),
+                follower,
+            ),
+            Op::Post { author } => (
+                self.http.post(format!("{}/posts", self.base)).body(format!(
                     r#"{{"content":"bench post {index} by {author}: the quick brown fox jumps over the lazy dog"}}"#
                 )),
-            Op::Read { user } => self
-                .http
-                .get(format!("{}/feeds/{user}?limit=20", self.base)),
+                author,
+            ),
+            Op::Read { user } => (
+                self.http.get(format!("{}/feeds/{user}?limit=20", self.base)),
+                user,
+            ),
         };
-        let response = request.send().await?;
+        let response = request
+            .header("authorization", self.authorization(caller))
+            .send()
+            .await?;
         let status = response.status().as_u16();
         let body = response.bytes().await?.to_vec();
         Ok(Answer { status, body })
@@ -262,8 +284,14 @@ pub struct Paced {
 
 /// How long a probe waits for its post to appear before counting it lost.
 const PROBE_DEADLINE: Duration = Duration::from_secs(30);
-/// How often a probe reads the follower's feed.
+/// How often a probe reads the follower's feed at first.
 const PROBE_POLL: Duration = Duration::from_millis(20);
+/// Beyond `PROBE_POLL`, a probe pauses this fraction of the time it has waited so far,
+/// so a latency is measured to within this fraction and a probe that waits `w` reads
+/// about `w / PROBE_POLL` times up to 0.4 s, then `ln(w / 0.4 s) / PROBE_BACKOFF` more.
+/// With a fixed interval, the reads grew with the wait: a lagging pipeline drew ever
+/// more reads (8 s behind: 400 per probe, 8,000/s), whose CPU made it lag further.
+const PROBE_BACKOFF: f64 = 0.05;
 /// Most background requests in flight: beyond it the phase is not open-loop any more,
 /// and the report shows a lower achieved rate.
 const MAX_IN_FLIGHT: usize = 1024;
@@ -388,9 +416,14 @@ async fn probe(target: &Target, author: u64, follower: u64, started: Instant) ->
                 after: at - sent,
             };
         }
-        tokio::time::sleep(PROBE_POLL).await;
+        tokio::time::sleep(probe_pause(sent.elapsed())).await;
     }
     Probe::Lost
+}
+
+/// How long a probe that has waited `waited` pauses before its next read.
+fn probe_pause(waited: Duration) -> Duration {
+    PROBE_POLL.max(waited.mul_f64(PROBE_BACKOFF))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -402,6 +435,16 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_pauses_for_a_bounded_fraction_of_its_wait() {
+        assert_eq!(probe_pause(Duration::ZERO), PROBE_POLL);
+        assert_eq!(probe_pause(Duration::from_millis(100)), PROBE_POLL);
+        assert_eq!(
+            probe_pause(Duration::from_secs(8)),
+            Duration::from_millis(400)
+        );
+    }
 
     #[test]
     fn a_recorder_keeps_percentiles_and_one_window_per_second() {

@@ -164,6 +164,8 @@ struct Bench {
     components: Vec<(String, Component)>,
     cpu: Vec<PhaseCpu>,
     last_cpu: CpuSnapshot,
+    /// Watched processes stopped in this phase, with the CPU they had used by then.
+    stopped: Vec<(String, u32, f64)>,
     phase_started: Instant,
     /// Input events the API acknowledged so far.
     accepted: u64,
@@ -212,6 +214,10 @@ impl Bench {
                 format!("127.0.0.1:{sink_port}"),
             ),
             ("RUST_LOG", "warn".to_string()),
+            (
+                "FEEDSTREAM_TOKEN_KEYS",
+                feedstream_harness::TOKEN_KEYS.to_string(),
+            ),
         ];
         let mut components = vec![("bench".to_string(), Component::Pid(std::process::id()))];
         if let Some(pid) = args.broker_pid {
@@ -237,6 +243,7 @@ impl Bench {
             components,
             cpu: Vec::new(),
             last_cpu,
+            stopped: Vec::new(),
             phase_started: Instant::now(),
             accepted: 0,
             processed_before: (0.0, 0.0),
@@ -245,7 +252,10 @@ impl Bench {
 
     /// Closes a phase: the CPU each process used since the last one.
     fn phase_done(&mut self, phase: &'static str) {
-        let now = system::cpu_snapshot(&self.components);
+        let mut now = system::cpu_snapshot(&self.components);
+        for (name, pid, seconds) in self.stopped.drain(..) {
+            now.record(name, pid, seconds);
+        }
         self.cpu.push(PhaseCpu {
             phase,
             wall_seconds: self.phase_started.elapsed().as_secs_f64(),
@@ -253,6 +263,19 @@ impl Bench {
         });
         self.last_cpu = now;
         self.phase_started = Instant::now();
+    }
+
+    /// Stops a child; if it is watched, the phase still counts the CPU it used.
+    async fn stop(&mut self, child: &mut Child) -> anyhow::Result<()> {
+        if let Some(pid) = child.id() {
+            let watched = self.components.iter().find_map(|(name, component)| {
+                matches!(component, Component::Pid(known) if *known == pid).then(|| name.clone())
+            });
+            if let (Some(name), Some(seconds)) = (watched, system::cpu_seconds(pid)) {
+                self.stopped.push((name, pid, seconds));
+            }
+        }
+        system::terminate(child, Duration::from_secs(60)).await
     }
 
     fn watch(&mut self, name: &str, child: &Child) {
@@ -304,7 +327,7 @@ impl Bench {
         self.watch("api", &api);
         self.watch("process", &processor);
         self.watch("sink", &sink);
-        let target = Target::new(&base, args.connections)?;
+        let target = Target::new(&base, args.connections, graph.users)?;
         self.api_url = base;
         let processor_pid = processor.id().context("the processor exited")?;
         self.await_tasks(args.partitions).await?;
@@ -425,8 +448,8 @@ impl Bench {
         self.phase_done("restore");
 
         say("phase: backlog (a second application replays every input record)");
-        system::terminate(&mut processor, Duration::from_secs(60)).await?;
-        system::terminate(&mut sink, Duration::from_secs(60)).await?;
+        self.stop(&mut processor).await?;
+        self.stop(&mut sink).await?;
         let input_records = self.accepted as f64;
         let replay = self
             .replay(

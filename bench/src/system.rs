@@ -101,20 +101,26 @@ pub enum Component {
     Named(&'static str),
 }
 
-/// CPU seconds each component had used at one moment.
+/// CPU seconds each process of each component had used at one moment. Kept per pid:
+/// a component whose process was replaced (a restarted processor) or whose processes
+/// come and go (PostgreSQL's backends) counts a new process from zero, where a
+/// component-wide sum would fall and hide the new process's time.
 #[derive(Debug, Clone, Default)]
-pub struct CpuSnapshot(pub BTreeMap<String, f64>);
+pub struct CpuSnapshot(BTreeMap<String, BTreeMap<u32, f64>>);
 
 pub fn cpu_snapshot(components: &[(String, Component)]) -> CpuSnapshot {
-    let seconds = |pid: u32| cpu_seconds(pid).unwrap_or(0.0);
     CpuSnapshot(
         components
             .iter()
             .map(|(name, component)| {
-                let used = match component {
-                    Component::Pid(pid) => seconds(*pid),
-                    Component::Named(comm) => pids_named(comm).into_iter().map(seconds).sum(),
+                let pids = match component {
+                    Component::Pid(pid) => vec![*pid],
+                    Component::Named(comm) => pids_named(comm),
                 };
+                let used = pids
+                    .into_iter()
+                    .filter_map(|pid| Some((pid, cpu_seconds(pid)?)))
+                    .collect();
                 (name.clone(), used)
             })
             .collect(),
@@ -122,13 +128,27 @@ pub fn cpu_snapshot(components: &[(String, Component)]) -> CpuSnapshot {
 }
 
 impl CpuSnapshot {
-    /// CPU seconds of each component between `earlier` and this snapshot.
+    /// Adds what a process that has since stopped had used.
+    pub fn record(&mut self, name: String, pid: u32, seconds: f64) {
+        self.0.entry(name).or_default().insert(pid, seconds);
+    }
+
+    /// CPU seconds of each component between `earlier` and this snapshot. What a process
+    /// used between `earlier` and its exit is not seen.
     pub fn since(&self, earlier: &CpuSnapshot) -> BTreeMap<String, f64> {
         self.0
             .iter()
             .map(|(name, now)| {
-                let before = earlier.0.get(name).copied().unwrap_or(0.0);
-                (name.clone(), (now - before).max(0.0))
+                let before = earlier.0.get(name);
+                let used = now
+                    .iter()
+                    .map(|(pid, seconds)| {
+                        let was = before.and_then(|b| b.get(pid)).copied().unwrap_or(0.0);
+                        (seconds - was).max(0.0)
+                    })
+                    // Not sum(): the sum of no f64 is -0.0, which the report would print.
+                    .fold(0.0, |sum, seconds| sum + seconds);
+                (name.clone(), used)
             })
             .collect()
     }

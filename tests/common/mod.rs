@@ -91,6 +91,7 @@ impl Deployment {
             .env("FEEDSTREAM_REDIS_PREFIX", &self.redis_prefix)
             .env("FEEDSTREAM_TOPIC_PREFIX", &self.topic_prefix)
             .env("FEEDSTREAM_APPLICATION_ID", &self.application_id)
+            .env("FEEDSTREAM_TOKEN_KEYS", feedstream_harness::TOKEN_KEYS)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -231,7 +232,7 @@ impl Client {
         let response = self
             .http
             .post(format!("{}/posts", self.base))
-            .header("X-User-Id", author.to_string())
+            .bearer_auth(feedstream_harness::token(author)?)
             .json(&serde_json::json!({ "content": content }))
             .send()
             .await?;
@@ -252,7 +253,7 @@ impl Client {
         let response = self
             .http
             .post(format!("{}/follows", self.base))
-            .header("X-User-Id", follower.to_string())
+            .bearer_auth(feedstream_harness::token(follower)?)
             .json(&serde_json::json!({ "followee_id": followee.to_string() }))
             .send()
             .await?;
@@ -271,7 +272,7 @@ impl Client {
         let response = self
             .http
             .delete(format!("{}/follows/{followee}", self.base))
-            .header("X-User-Id", follower.to_string())
+            .bearer_auth(feedstream_harness::token(follower)?)
             .send()
             .await?;
         let body = self.accepted(response).await?;
@@ -320,14 +321,25 @@ impl Client {
         Ok(self
             .http
             .delete(format!("{}/posts/{post_id}", self.base))
-            .header("X-User-Id", caller.to_string())
+            .bearer_auth(feedstream_harness::token(caller)?)
             .send()
             .await?)
     }
 
-    /// One page of GET /feeds: `path` is `/feeds/{user}?...` as the API's links give it.
+    /// One page of GET /feeds as its owner: `path` is `/feeds/{user}?...` as the API's
+    /// links give it.
     pub async fn feed_page(&self, path: &str) -> anyhow::Result<FeedPageView> {
-        let response = self.http.get(format!("{}{path}", self.base)).send().await?;
+        let owner = path
+            .strip_prefix("/feeds/")
+            .and_then(|rest| rest.split(['?', '/']).next())
+            .and_then(|owner| owner.parse::<u64>().ok())
+            .with_context(|| format!("{path} is not a feed path"))?;
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(feedstream_harness::token(owner)?)
+            .send()
+            .await?;
         let status = response.status();
         let link = response
             .headers()
