@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::graph::{Graph, Op};
 use crate::load::{self, closed_loop, Target};
 use crate::report::{
-    Materialization, Phase, RatePoint, Reads, RedisMemory, Replay, Restore, StageLag, Visibility,
+    Materialization, Phase, RatePoint, Reads, RedisMemory, Replay, Restore, Visibility,
 };
 use feedstream_harness::Scrape;
 use feedstream_read::layout;
@@ -137,18 +137,15 @@ impl Bench {
         rate: f64,
     ) -> anyhow::Result<Visibility> {
         let users = graph.users;
-        let duration = Duration::from_secs(args.visibility_seconds);
-        let (paced, lag) = tokio::join!(
-            load::paced(
-                target,
-                rate,
-                duration,
-                move |i| spread(i as u64, users),
-                probes,
-                Duration::from_millis(50),
-            ),
-            self.sample_lag(duration)
-        );
+        let paced = load::paced(
+            target,
+            rate,
+            Duration::from_secs(args.visibility_seconds),
+            move |i| spread(i as u64, users),
+            probes,
+            Duration::from_millis(50),
+        )
+        .await;
         self.accepted += paced.posts.successes() + paced.probe_posts;
         self.await_drained().await?;
         Ok(Visibility {
@@ -158,34 +155,7 @@ impl Bench {
             lost_probes: paced.lost_probes,
             latency: paced.visibility.summary(),
             timeline: paced.visibility.timeline(),
-            lag,
         })
-    }
-
-    /// The consumer lag of the processor and of the sink, once a second for `duration`.
-    /// librdkafka refreshes it every 5 s (`statistics.interval.ms`), so a sample can be
-    /// up to 5 s old: this says which stage a backlog is in, not its exact size.
-    async fn sample_lag(&self, duration: Duration) -> StageLag {
-        let (mut processor, mut sink) = (Vec::new(), Vec::new());
-        let mut ticks = tokio::time::interval(Duration::from_secs(1));
-        for _ in 0..duration.as_secs().max(1) {
-            ticks.tick().await;
-            let sampled =
-                tokio::try_join!(self.scrape(&self.process_url), self.scrape(&self.sink_url));
-            if let Ok((at_processor, at_sink)) = sampled {
-                processor.push(at_processor.sum("kafka_consumer_lag", ""));
-                sink.push(at_sink.sum("kafka_consumer_lag", ""));
-            }
-        }
-        let mean = |values: &[f64]| values.iter().sum::<f64>() / values.len().max(1) as f64;
-        let max = |values: &[f64]| values.iter().copied().fold(0.0, f64::max);
-        StageLag {
-            samples: processor.len(),
-            processor_mean: mean(&processor),
-            processor_max: max(&processor),
-            sink_mean: mean(&sink),
-            sink_max: max(&sink),
-        }
     }
 
     /// Stops the processor, wipes its state directory and starts it again: it restores

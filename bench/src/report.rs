@@ -117,19 +117,6 @@ pub struct Visibility {
     pub lost_probes: u64,
     pub latency: Latency,
     pub timeline: Vec<Window>,
-    /// Where a post waits on its way: the consumer lag of each stage while posting.
-    pub lag: StageLag,
-}
-
-/// Consumer lag in records (librdkafka's `consumer_lag`, summed over a stage's
-/// partitions), sampled once a second while the phase posts.
-#[derive(Debug, Default, Serialize)]
-pub struct StageLag {
-    pub samples: usize,
-    pub processor_mean: f64,
-    pub processor_max: f64,
-    pub sink_mean: f64,
-    pub sink_max: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -549,19 +536,6 @@ impl Report {
             figure(e.p99_ms),
             figure(e.p999_ms),
             figure(e.max_ms)
-        );
-        let (a, b) = (&self.visibility.lag, &self.visibility_exactly_once.lag);
-        let _ = writeln!(
-            md,
-            "| consumer lag while posting, processor / sink, mean (max) records: at-least-once {} ({}) / {} ({}); exactly-once {} ({}) / {} ({}) | | | | | | |",
-            figure(a.processor_mean),
-            figure(a.processor_max),
-            figure(a.sink_mean),
-            figure(a.sink_max),
-            figure(b.processor_mean),
-            figure(b.processor_max),
-            figure(b.sink_mean),
-            figure(b.sink_max)
         );
         let r = &self.restore;
         let _ = writeln!(
