@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use feedstream_kafka::transaction::UnknownGuarantee;
+use feedstream_api::rate_limit::Policy;
 use feedstream_kafka::ProcessingGuarantee;
 use feedstream_stores::StoreName;
 
@@ -330,6 +331,23 @@ pub struct ApiArgs {
     pub max_pending_publishes: u32,
     #[command(flatten)]
     pub keys: TokenKeyArgs,
+    /// Writes (POST and DELETE) per user, shared by every API instance: `QUOTA/WINDOW`
+    /// (a burst of QUOTA, refilled at QUOTA per WINDOW), e.g. `300/60s`, or `off`.
+    #[arg(
+        long,
+        env = "FEEDSTREAM_WRITE_RATE_LIMIT",
+        default_value = "300/60s",
+        value_parser = parse_rate_limit
+    )]
+    pub write_rate_limit: RateLimit,
+    /// Feed reads per user, as --write-rate-limit.
+    #[arg(
+        long,
+        env = "FEEDSTREAM_READ_RATE_LIMIT",
+        default_value = "1200/60s",
+        value_parser = parse_rate_limit
+    )]
+    pub read_rate_limit: RateLimit,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -439,6 +457,30 @@ fn parse_guarantee(text: &str) -> Result<ProcessingGuarantee, String> {
         .map_err(|error: UnknownGuarantee| error.to_string())
 }
 
+/// A rate limit policy, or none (`off`).
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit(pub Option<Policy>);
+
+/// `QUOTA/WINDOW` (`300/60s`, `20/1s`) or `off`.
+fn parse_rate_limit(text: &str) -> Result<RateLimit, String> {
+    if text.trim() == "off" {
+        return Ok(RateLimit(None));
+    }
+    let (quota, window) = text
+        .split_once('/')
+        .ok_or_else(|| format!("expected QUOTA/WINDOW (e.g. 300/60s) or off, got {text:?}"))?;
+    let quota: u32 = quota
+        .trim()
+        .parse()
+        .ok()
+        .filter(|quota| *quota > 0)
+        .ok_or_else(|| format!("the quota of {text:?} is not a positive integer"))?;
+    Ok(RateLimit(Some(Policy {
+        quota,
+        window: parse_duration(window)?,
+    })))
+}
+
 /// `90`, `90s`, `15m`, `12h` or `7d`.
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
@@ -475,8 +517,18 @@ fn parse_property(text: &str) -> Result<(String, String), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, parse_rate_limit};
     use std::time::Duration;
+
+    #[test]
+    fn rate_limits_are_quota_per_window_or_off() {
+        let limit = parse_rate_limit("300/60s").expect("valid").0.expect("a policy");
+        assert_eq!((limit.quota, limit.window), (300, Duration::from_secs(60)));
+        assert!(parse_rate_limit("off").expect("valid").0.is_none());
+        for bad in ["300", "0/60s", "x/1m", "10/", "10/0"] {
+            assert!(parse_rate_limit(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn durations_take_a_unit_or_mean_seconds() {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use feedstream_api::auth::TokenKeys;
+use feedstream_api::rate_limit::RateLimits;
 use feedstream_api::publisher::EventPublisher;
 use feedstream_api::{ApiMetrics, ApiState};
 use feedstream_core::feed::FeedRules;
@@ -489,7 +490,13 @@ fn token_keys(args: &TokenKeyArgs) -> anyhow::Result<TokenKeys> {
 
 struct PreparedApi {
     listener: tokio::net::TcpListener,
-    state_parts: (Arc<EventPublisher>, FeedReader, Arc<TokenKeys>, ApiMetrics),
+    state_parts: (
+        Arc<EventPublisher>,
+        FeedReader,
+        Arc<TokenKeys>,
+        RateLimits,
+        ApiMetrics,
+    ),
 }
 
 impl PreparedApi {
@@ -498,11 +505,12 @@ impl PreparedApi {
         registry: Arc<Registry>,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let (publisher, reader, tokens, metrics) = self.state_parts;
+        let (publisher, reader, tokens, limits, metrics) = self.state_parts;
         let state = ApiState {
             publisher,
             reader,
             tokens,
+            limits,
             registry,
             metrics,
         };
@@ -520,6 +528,12 @@ async fn prepare_api(
     registry: &mut Registry,
 ) -> anyhow::Result<PreparedApi> {
     let tokens = Arc::new(token_keys(&args.keys)?);
+    let limits = RateLimits::connect(
+        &global.redis_url,
+        &global.redis_prefix,
+        args.write_rate_limit.0,
+        args.read_rate_limit.0,
+    )?;
     let settings = kafka(global, Duration::from_millis(args.publish_timeout_ms));
     topics::verify_layout(&settings, topics, false).with_context(|| {
         format!(
@@ -560,7 +574,7 @@ async fn prepare_api(
     println!("       curl -s http://{address}/feeds/1 -H \"Authorization: Bearer $TOKEN\"");
     Ok(PreparedApi {
         listener,
-        state_parts: (publisher, reader, tokens, metrics),
+        state_parts: (publisher, reader, tokens, limits, metrics),
     })
 }
 

@@ -1,6 +1,7 @@
 use serde::Serialize;
 
 use crate::auth::TokenRejection;
+use crate::rate_limit::Decision;
 use warp::http::StatusCode;
 
 /// An error answered to a client: a status and a JSON body `{"error", "message"}`.
@@ -12,8 +13,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong and, where it helps, how to fix it.
     pub message: String,
-    /// The `WWW-Authenticate` challenge of a 401.
-    pub challenge: Option<String>,
+    /// Headers the answer carries besides its body: a 401's `WWW-Authenticate`, a
+    /// 429's `Retry-After` and rate limit headers.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -30,7 +32,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
-            challenge: None,
+            headers: Vec::new(),
         }
     }
 
@@ -43,11 +45,36 @@ impl ApiError {
         };
         let description = rejection.to_string().replace(['"', '\\'], "'");
         Self {
-            challenge: Some(format!(
-                "Bearer realm=\"feedstream\", error=\"{}\", error_description=\"{description}\"",
-                rejection.error_code()
-            )),
+            headers: vec![(
+                "www-authenticate",
+                format!(
+                    "Bearer realm=\"feedstream\", error=\"{}\", error_description=\"{description}\"",
+                    rejection.error_code()
+                ),
+            )],
             ..Self::new(StatusCode::UNAUTHORIZED, code, rejection.to_string())
+        }
+    }
+
+    /// A 429 for a request over its rate limit, with when to retry.
+    pub fn rate_limited(decision: &Decision) -> Self {
+        Self {
+            headers: vec![
+                ("retry-after", decision.retry_after_seconds.to_string()),
+                ("ratelimit-policy", decision.policy_header()),
+                ("ratelimit", decision.limit_header()),
+            ],
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "over the limit of {} {} per {} s; retry in {} s",
+                    decision.policy.quota,
+                    decision.class.name(),
+                    decision.policy.window.as_secs(),
+                    decision.retry_after_seconds
+                ),
+            )
         }
     }
 
@@ -66,14 +93,10 @@ impl ApiError {
             message: &self.message,
         });
         let mut response = warp::reply::with_status(body, self.status).into_response();
-        if let Some(value) = self
-            .challenge
-            .as_deref()
-            .and_then(|challenge| warp::http::HeaderValue::from_str(challenge).ok())
-        {
-            response
-                .headers_mut()
-                .insert(warp::http::header::WWW_AUTHENTICATE, value);
+        for (name, value) in &self.headers {
+            if let Ok(value) = warp::http::HeaderValue::from_str(value) {
+                response.headers_mut().insert(*name, value);
+            }
         }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(

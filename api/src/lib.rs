@@ -6,6 +6,7 @@ mod error;
 mod health;
 mod metrics;
 pub mod publisher;
+pub mod rate_limit;
 mod routes;
 
 /// What `api` and `run` print on stdout once they listen, followed by the base URL:

@@ -23,6 +23,11 @@ pub struct EventLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -35,6 +40,8 @@ pub struct ApiMetrics {
     pub published: Family<EventLabel, Counter>,
     pub publish_failures: Counter,
     pub auth_rejections: Family<ReasonLabel, Counter>,
+    pub rate_limited: Family<ClassLabel, Counter>,
+    pub rate_limit_errors: Counter,
 }
 
 impl ApiMetrics {
@@ -48,6 +55,8 @@ impl ApiMetrics {
             published: Family::default(),
             publish_failures: Counter::default(),
             auth_rejections: Family::default(),
+            rate_limited: Family::default(),
+            rate_limit_errors: Counter::default(),
         };
         registry.register(
             "http_requests",
@@ -74,6 +83,16 @@ impl ApiMetrics {
             "Requests refused as unauthenticated (401, by why the token was refused) or \
              forbidden (403, reason=\"forbidden\")",
             metrics.auth_rejections.clone(),
+        );
+        registry.register(
+            "api_rate_limited",
+            "Requests refused with 429, by class of route (writes, reads)",
+            metrics.rate_limited.clone(),
+        );
+        registry.register(
+            "api_rate_limit_errors",
+            "Requests let through unchecked because the rate limiter's Redis did not answer",
+            metrics.rate_limit_errors.clone(),
         );
         metrics
     }

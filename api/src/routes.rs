@@ -3,6 +3,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::auth::{TokenKeys, TokenRejection};
+use crate::rate_limit::{Decision, RateLimits, RouteClass};
 use crate::publisher::{EventPublisher, PublishError};
 use feedstream_core::event::{validate_content, Envelope, EventBody};
 use feedstream_core::ids::{PostId, UserId};
@@ -16,7 +17,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::error::{recover, ApiError};
 use crate::health::health;
-use crate::metrics::{route_of, ApiMetrics, EventLabel, ReasonLabel};
+use crate::metrics::{route_of, ApiMetrics, ClassLabel, EventLabel, ReasonLabel};
 
 /// Largest request body accepted; a post of 500 characters is at most 2 KB of JSON.
 pub const MAX_BODY_BYTES: u64 = 16 * 1024;
@@ -29,6 +30,7 @@ pub struct ApiState {
     pub publisher: Arc<EventPublisher>,
     pub reader: FeedReader,
     pub tokens: Arc<TokenKeys>,
+    pub limits: RateLimits,
     pub registry: Arc<Registry>,
     pub metrics: ApiMetrics,
 }
@@ -71,34 +73,35 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
     let metrics = state.metrics.clone();
     // Paths before methods: an unknown path is a 404, a known one with the wrong
     // method a 405.
-    let authenticated = caller(state.clone());
+    let writer = caller(state.clone(), RouteClass::Writes);
+    let reader = caller(state.clone(), RouteClass::Reads);
     let with_state = warp::any().map(move || state.clone());
 
     let create_post = warp::path!("posts")
         .and(warp::post())
-        .and(authenticated.clone())
+        .and(writer.clone())
         .and(json_body::<NewPost>())
         .and(with_state.clone())
         .and_then(create_post);
     let delete_post = warp::path!("posts" / String)
         .and(warp::delete())
-        .and(authenticated.clone())
+        .and(writer.clone())
         .and(with_state.clone())
         .and_then(delete_post);
     let follow = warp::path!("follows")
         .and(warp::post())
-        .and(authenticated.clone())
+        .and(writer.clone())
         .and(json_body::<NewFollow>())
         .and(with_state.clone())
         .and_then(follow);
     let unfollow = warp::path!("follows" / String)
         .and(warp::delete())
-        .and(authenticated.clone())
+        .and(writer.clone())
         .and(with_state.clone())
         .and_then(unfollow);
     let feed = warp::path!("feeds" / String)
         .and(warp::get())
-        .and(authenticated)
+        .and(reader)
         .and(warp::query::<FeedQuery>())
         .and(with_state.clone())
         .and_then(feed);
@@ -140,12 +143,70 @@ fn reject(error: ApiError) -> Rejection {
     warp::reject::custom(error)
 }
 
-/// The calling user: the subject of the request's bearer token.
-fn caller(state: ApiState) -> impl Filter<Extract = (UserId,), Error = Rejection> + Clone {
+/// Who is calling, and what the rate limiter said of this request.
+struct Caller {
+    user: UserId,
+    decision: Option<Decision>,
+}
+
+impl Caller {
+    /// `response` with this request's rate limit headers, so clients can pace themselves.
+    fn stamp(&self, mut response: warp::reply::Response) -> warp::reply::Response {
+        if let Some(decision) = &self.decision {
+            for (name, value) in [
+                ("ratelimit-policy", decision.policy_header()),
+                ("ratelimit", decision.limit_header()),
+            ] {
+                if let Ok(value) = warp::http::HeaderValue::from_str(&value) {
+                    response.headers_mut().insert(name, value);
+                }
+            }
+        }
+        response
+    }
+}
+
+/// The calling user, the subject of the request's bearer token, within its rate limit
+/// for `class`.
+fn caller(
+    state: ApiState,
+    class: RouteClass,
+) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization").and_then(move |value: Option<String>| {
         let verified = authenticate(&state, value.as_deref());
-        async move { verified.map_err(reject) }
+        let state = state.clone();
+        async move {
+            let user = verified.map_err(reject)?;
+            let decision = admit(&state, class, user).await.map_err(reject)?;
+            Ok::<_, Rejection>(Caller { user, decision })
+        }
     })
+}
+
+/// Counts the request against the user's limit; lets it pass when Redis does not answer.
+async fn admit(
+    state: &ApiState,
+    class: RouteClass,
+    user: UserId,
+) -> Result<Option<Decision>, ApiError> {
+    match state.limits.check(class, user.get()).await {
+        Ok(Some(decision)) if !decision.allowed => {
+            state
+                .metrics
+                .rate_limited
+                .get_or_create(&ClassLabel {
+                    class: class.name(),
+                })
+                .inc();
+            Err(ApiError::rate_limited(&decision))
+        }
+        Ok(decision) => Ok(decision),
+        Err(error) => {
+            state.metrics.rate_limit_errors.inc();
+            tracing::debug!(%error, "rate limiter's Redis unavailable; the request passes unchecked");
+            Ok(None)
+        }
+    }
 }
 
 fn authenticate(state: &ApiState, authorization: Option<&str>) -> Result<UserId, ApiError> {
@@ -235,10 +296,11 @@ fn accepted(body: serde_json::Value) -> warp::reply::Response {
 }
 
 async fn create_post(
-    author: UserId,
+    caller: Caller,
     post: NewPost,
     state: ApiState,
 ) -> Result<warp::reply::Response, Rejection> {
+    let author = caller.user;
     validate_content(&post.content).map_err(|invalid| {
         reject(ApiError::bad_request(
             "invalid_content",
@@ -251,18 +313,19 @@ async fn create_post(
         unreachable!("post_created builds a POST_CREATED")
     };
     tracing::debug!(event_id = %event.event_id, author = %author, "post accepted");
-    Ok(accepted(
+    Ok(caller.stamp(accepted(
         serde_json::json!({ "post_id": post_id, "event_id": event.event_id }),
-    ))
+    )))
 }
 
 /// Only the author deletes a post. Anyone else's post, an unknown one and a deleted one
 /// are all 404: whether a post exists is not disclosed to other users.
 async fn delete_post(
     post_id: String,
-    caller: UserId,
+    caller: Caller,
     state: ApiState,
 ) -> Result<warp::reply::Response, Rejection> {
+    let user = caller.user;
     let post_id = post_id
         .parse::<PostId>()
         .map_err(|error| reject(ApiError::bad_request("invalid_post_id", error.to_string())))?;
@@ -271,19 +334,19 @@ async fn delete_post(
         .live_post_author(post_id)
         .await
         .map_err(storage_unavailable)?;
-    if author != Some(caller) {
+    if author != Some(user) {
         return Err(reject(ApiError::new(
             StatusCode::NOT_FOUND,
             "post_not_found",
-            format!("user {caller} has no post {post_id}"),
+            format!("user {user} has no post {post_id}"),
         )));
     }
-    let event = state.publisher.post_deleted(caller, post_id);
+    let event = state.publisher.post_deleted(user, post_id);
     publish(&state, &event).await?;
-    tracing::debug!(event_id = %event.event_id, author = %caller, post_id = %post_id, "deletion accepted");
-    Ok(accepted(
+    tracing::debug!(event_id = %event.event_id, author = %user, post_id = %post_id, "deletion accepted");
+    Ok(caller.stamp(accepted(
         serde_json::json!({ "post_id": post_id, "event_id": event.event_id }),
-    ))
+    )))
 }
 
 fn storage_unavailable(error: feedstream_read::StorageError) -> Rejection {
@@ -296,42 +359,51 @@ fn storage_unavailable(error: feedstream_read::StorageError) -> Rejection {
 }
 
 async fn follow(
-    follower: UserId,
+    caller: Caller,
     body: NewFollow,
     state: ApiState,
 ) -> Result<warp::reply::Response, Rejection> {
+    let follower = caller.user;
     let event = state.publisher.followed(follower, body.followee_id);
     publish(&state, &event).await?;
     tracing::debug!(event_id = %event.event_id, follower = %follower, followee = %body.followee_id, "follow accepted");
-    Ok(accepted(serde_json::json!({ "event_id": event.event_id })))
+    Ok(caller.stamp(accepted(
+        serde_json::json!({ "event_id": event.event_id }),
+    )))
 }
 
 async fn unfollow(
     followee: String,
-    follower: UserId,
+    caller: Caller,
     state: ApiState,
 ) -> Result<warp::reply::Response, Rejection> {
+    let follower = caller.user;
     let followee = path_user(&followee)?;
     let event = state.publisher.unfollowed(follower, followee);
     publish(&state, &event).await?;
     tracing::debug!(event_id = %event.event_id, follower = %follower, followee = %followee, "unfollow accepted");
-    Ok(accepted(serde_json::json!({ "event_id": event.event_id })))
+    Ok(caller.stamp(accepted(
+        serde_json::json!({ "event_id": event.event_id }),
+    )))
 }
 
 /// A home feed is private: only its owner reads it.
 async fn feed(
     user: String,
-    caller: UserId,
+    caller: Caller,
     query: FeedQuery,
     state: ApiState,
 ) -> Result<warp::reply::Response, Rejection> {
     let user = path_user(&user)?;
-    if user != caller {
+    if user != caller.user {
         count_rejection(&state, "forbidden");
         return Err(reject(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("a home feed is private: user {caller} cannot read the feed of user {user}"),
+            format!(
+                "a home feed is private: user {} cannot read the feed of user {user}",
+                caller.user
+            ),
         )));
     }
     let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
@@ -358,7 +430,7 @@ async fn feed(
             response.headers_mut().insert("link", value);
         }
     }
-    Ok(response)
+    Ok(caller.stamp(response))
 }
 
 /// RFC 8288 links to the next (older) and previous (newer) pages, as Mastodon sends

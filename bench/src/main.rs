@@ -218,6 +218,14 @@ impl Bench {
                 "FEEDSTREAM_TOKEN_KEYS",
                 feedstream_harness::TOKEN_KEYS.to_string(),
             ),
+            (
+                "FEEDSTREAM_WRITE_RATE_LIMIT",
+                feedstream_harness::RATE_LIMIT.to_string(),
+            ),
+            (
+                "FEEDSTREAM_READ_RATE_LIMIT",
+                feedstream_harness::RATE_LIMIT.to_string(),
+            ),
         ];
         let mut components = vec![("bench".to_string(), Component::Pid(std::process::id()))];
         if let Some(pid) = args.broker_pid {

@@ -10,4 +10,4 @@ mod tokens;
 pub use poll::{eventually, poll_until};
 pub use process::{free_port, kill, serve, terminate};
 pub use scrape::{metric, Scrape};
-pub use tokens::{token, token_keys, TOKEN_KEYS};
+pub use tokens::{token, token_keys, RATE_LIMIT, TOKEN_KEYS};

@@ -10,6 +10,11 @@ use feedstream_core::ids::UserId;
 
 /// `FEEDSTREAM_TOKEN_KEYS` of every API the tests and the benchmark start.
 pub const TOKEN_KEYS: &str = "harness:a-fixed-test-secret-never-used-in-production";
+/// `FEEDSTREAM_WRITE_RATE_LIMIT` and `FEEDSTREAM_READ_RATE_LIMIT` of every API the tests
+/// and the benchmark start: the limiter runs (its cost is measured) but never refuses
+/// their synthetic users, who write and read far faster than people; the tests of
+/// the limits set their own.
+pub const RATE_LIMIT: &str = "1000000/60s";
 /// Longer than any test or benchmark run.
 const TTL: Duration = Duration::from_secs(24 * 3600);
 
