@@ -2,8 +2,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use feedstream_kafka::transaction::UnknownGuarantee;
 use feedstream_api::rate_limit::Policy;
+use feedstream_kafka::transaction::UnknownGuarantee;
 use feedstream_kafka::ProcessingGuarantee;
 use feedstream_stores::StoreName;
 
@@ -522,7 +522,10 @@ mod tests {
 
     #[test]
     fn rate_limits_are_quota_per_window_or_off() {
-        let limit = parse_rate_limit("300/60s").expect("valid").0.expect("a policy");
+        let limit = parse_rate_limit("300/60s")
+            .expect("valid")
+            .0
+            .expect("a policy");
         assert_eq!((limit.quota, limit.window), (300, Duration::from_secs(60)));
         assert!(parse_rate_limit("off").expect("valid").0.is_none());
         for bad in ["300", "0/60s", "x/1m", "10/", "10/0"] {

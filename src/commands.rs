@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use feedstream_api::auth::TokenKeys;
-use feedstream_api::rate_limit::RateLimits;
 use feedstream_api::publisher::EventPublisher;
+use feedstream_api::rate_limit::RateLimits;
 use feedstream_api::{ApiMetrics, ApiState};
 use feedstream_core::feed::FeedRules;
 use feedstream_core::retry::RetryPolicy;

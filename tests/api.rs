@@ -355,7 +355,11 @@ async fn the_caller_is_the_subject_of_a_valid_token_and_a_feed_is_its_owners_onl
     Ok(())
 }
 
-async fn post_as(http: &reqwest::Client, base: &str, user: u64) -> anyhow::Result<reqwest::Response> {
+async fn post_as(
+    http: &reqwest::Client,
+    base: &str,
+    user: u64,
+) -> anyhow::Result<reqwest::Response> {
     Ok(http
         .post(format!("{base}/posts"))
         .bearer_auth(token(user)?)
@@ -374,8 +378,8 @@ fn header(response: &reqwest::Response, name: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limits_are_per_user_and_class_shared_by_instances_and_fail_open(
-) -> anyhow::Result<()> {
+async fn rate_limits_are_per_user_and_class_shared_by_instances_and_fail_open() -> anyhow::Result<()>
+{
     let engines = Engines::from_env();
     let deployment = Deployment::new(&engines).await?;
     deployment.create_topics(1).await?;
@@ -388,8 +392,12 @@ async fn rate_limits_are_per_user_and_class_shared_by_instances_and_fail_open(
             .env("REDIS_URL", redis_url);
         command
     };
-    let (_one, one) = deployment.serve(limited("1", &deployment.redis_url)).await?;
-    let (_two, two) = deployment.serve(limited("2", &deployment.redis_url)).await?;
+    let (_one, one) = deployment
+        .serve(limited("1", &deployment.redis_url))
+        .await?;
+    let (_two, two) = deployment
+        .serve(limited("2", &deployment.redis_url))
+        .await?;
     let http = reqwest::Client::new();
 
     // Three writes of user 9, alternating instances, pass; the fourth does not.
@@ -397,22 +405,37 @@ async fn rate_limits_are_per_user_and_class_shared_by_instances_and_fail_open(
     for base in [&one, &two, &one] {
         let response = post_as(&http, base, 9).await?;
         assert_eq!(response.status(), StatusCode::ACCEPTED);
-        assert_eq!(header(&response, "ratelimit-policy"), r#""writes";q=3;w=60"#);
+        assert_eq!(
+            header(&response, "ratelimit-policy"),
+            r#""writes";q=3;w=60"#
+        );
         remaining.push(header(&response, "ratelimit"));
     }
     for (left, limit) in remaining.iter().zip(["r=2", "r=1", "r=0"]) {
-        assert!(left.starts_with(&format!(r#""writes";{limit};t="#)), "{left}");
+        assert!(
+            left.starts_with(&format!(r#""writes";{limit};t="#)),
+            "{left}"
+        );
     }
     let refused = post_as(&http, &two, 9).await?;
     let retry_after: u64 = header(&refused, "retry-after").parse()?;
-    assert!((1..=20).contains(&retry_after), "Retry-After: {retry_after}");
+    assert!(
+        (1..=20).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
     assert_eq!(header(&refused, "ratelimit-policy"), r#""writes";q=3;w=60"#);
     assert!(header(&refused, "ratelimit").starts_with(r#""writes";r=0;"#));
     let (status, code) = error_of(refused).await?;
-    assert_eq!((status, code.as_str()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+    );
 
     // Another user, and another class of route, have limits of their own.
-    assert_eq!(post_as(&http, &two, 10).await?.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        post_as(&http, &two, 10).await?.status(),
+        StatusCode::ACCEPTED
+    );
     let read = http
         .get(format!("{one}/feeds/9"))
         .bearer_auth(token(9)?)
@@ -420,7 +443,12 @@ async fn rate_limits_are_per_user_and_class_shared_by_instances_and_fail_open(
         .await?;
     assert_eq!(read.status(), StatusCode::OK);
     assert_eq!(header(&read, "ratelimit-policy"), r#""reads";q=100;w=60"#);
-    let metrics = http.get(format!("{two}/metrics")).send().await?.text().await?;
+    let metrics = http
+        .get(format!("{two}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     assert!(
         metrics.contains(r#"api_rate_limited_total{class="writes"} 1"#),
         "{metrics}"
@@ -434,8 +462,16 @@ async fn rate_limits_are_per_user_and_class_shared_by_instances_and_fail_open(
         assert_eq!(response.status(), StatusCode::ACCEPTED);
         assert!(!response.headers().contains_key("ratelimit"));
     }
-    let metrics = http.get(format!("{blind}/metrics")).send().await?.text().await?;
-    assert!(metrics.contains("api_rate_limit_errors_total 4"), "{metrics}");
+    let metrics = http
+        .get(format!("{blind}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("api_rate_limit_errors_total 4"),
+        "{metrics}"
+    );
     Ok(())
 }
 

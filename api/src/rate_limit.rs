@@ -272,9 +272,9 @@ mod tests {
         assert!(admitted.len() > 100, "{} admitted", admitted.len());
         // From any admission on, the quota at once plus one per interval since.
         for (i, first) in admitted.iter().enumerate() {
-            for (n, last) in admitted[i..].iter().enumerate() {
+            for (count, last) in (1..).zip(&admitted[i..]) {
                 let bound = i64::from(policy.quota) + (last - first) / interval;
-                assert!(n as i64 + 1 <= bound, "{} admitted from {first} to {last}", n + 1);
+                assert!(count <= bound, "{count} admitted from {first} to {last}");
             }
         }
     }

@@ -3,8 +3,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::auth::{TokenKeys, TokenRejection};
-use crate::rate_limit::{Decision, RateLimits, RouteClass};
 use crate::publisher::{EventPublisher, PublishError};
+use crate::rate_limit::{Decision, RateLimits, RouteClass};
 use feedstream_core::event::{validate_content, Envelope, EventBody};
 use feedstream_core::ids::{PostId, UserId};
 use feedstream_read::{FeedPage, FeedReader, PageRequest};
@@ -367,9 +367,7 @@ async fn follow(
     let event = state.publisher.followed(follower, body.followee_id);
     publish(&state, &event).await?;
     tracing::debug!(event_id = %event.event_id, follower = %follower, followee = %body.followee_id, "follow accepted");
-    Ok(caller.stamp(accepted(
-        serde_json::json!({ "event_id": event.event_id }),
-    )))
+    Ok(caller.stamp(accepted(serde_json::json!({ "event_id": event.event_id }))))
 }
 
 async fn unfollow(
@@ -382,9 +380,7 @@ async fn unfollow(
     let event = state.publisher.unfollowed(follower, followee);
     publish(&state, &event).await?;
     tracing::debug!(event_id = %event.event_id, follower = %follower, followee = %followee, "unfollow accepted");
-    Ok(caller.stamp(accepted(
-        serde_json::json!({ "event_id": event.event_id }),
-    )))
+    Ok(caller.stamp(accepted(serde_json::json!({ "event_id": event.event_id }))))
 }
 
 /// A home feed is private: only its owner reads it.

@@ -92,7 +92,10 @@ impl Deployment {
             .env("FEEDSTREAM_TOPIC_PREFIX", &self.topic_prefix)
             .env("FEEDSTREAM_APPLICATION_ID", &self.application_id)
             .env("FEEDSTREAM_TOKEN_KEYS", feedstream_harness::TOKEN_KEYS)
-            .env("FEEDSTREAM_WRITE_RATE_LIMIT", feedstream_harness::RATE_LIMIT)
+            .env(
+                "FEEDSTREAM_WRITE_RATE_LIMIT",
+                feedstream_harness::RATE_LIMIT,
+            )
             .env("FEEDSTREAM_READ_RATE_LIMIT", feedstream_harness::RATE_LIMIT)
             .env(
                 "RUST_LOG",
