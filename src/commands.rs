@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use feedstream_api::auth::TokenKeys;
+use feedstream_api::idempotency::IdempotencyStore;
 use feedstream_api::publisher::EventPublisher;
 use feedstream_api::rate_limit::RateLimits;
 use feedstream_api::{ApiMetrics, ApiState};
@@ -488,6 +489,20 @@ fn token_keys(args: &TokenKeyArgs) -> anyhow::Result<TokenKeys> {
     Ok(TokenKeys::parse(&spec)?)
 }
 
+/// Deletes idempotency keys past their retention, every 10 minutes, until shutdown.
+async fn sweep_idempotency_keys(store: IdempotencyStore, mut shutdown: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => match store.sweep().await {
+                Ok(swept) => tracing::debug!(swept, "idempotency keys past retention deleted"),
+                Err(error) => tracing::debug!(%error, "idempotency keys not swept; next try in 10 min"),
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 struct PreparedApi {
     listener: tokio::net::TcpListener,
     state_parts: (
@@ -495,6 +510,7 @@ struct PreparedApi {
         FeedReader,
         Arc<TokenKeys>,
         RateLimits,
+        IdempotencyStore,
         ApiMetrics,
     ),
 }
@@ -505,12 +521,17 @@ impl PreparedApi {
         registry: Arc<Registry>,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let (publisher, reader, tokens, limits, metrics) = self.state_parts;
+        let (publisher, reader, tokens, limits, idempotency, metrics) = self.state_parts;
+        tokio::spawn(sweep_idempotency_keys(
+            idempotency.clone(),
+            shutdown.clone(),
+        ));
         let state = ApiState {
             publisher,
             reader,
             tokens,
             limits,
+            idempotency,
             registry,
             metrics,
         };
@@ -545,6 +566,11 @@ async fn prepare_api(
     if let Err(error) = feedstream_read::migrate(&pool).await {
         tracing::warn!(%error, "PostgreSQL unavailable for migrations; feed reads answer 503 until it is back");
     }
+    // A key's lease outlasts the longest publish, so a retry never races a publish.
+    let idempotency = IdempotencyStore::new(
+        pool.clone(),
+        Duration::from_millis(args.publish_timeout_ms) + Duration::from_secs(5),
+    );
     let cache = FeedCache::connect(
         &global.redis_url,
         &global.redis_prefix,
@@ -574,7 +600,7 @@ async fn prepare_api(
     println!("       curl -s http://{address}/feeds/1 -H \"Authorization: Bearer $TOKEN\"");
     Ok(PreparedApi {
         listener,
-        state_parts: (publisher, reader, tokens, limits, metrics),
+        state_parts: (publisher, reader, tokens, limits, idempotency, metrics),
     })
 }
 

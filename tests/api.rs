@@ -475,6 +475,111 @@ async fn rate_limits_are_per_user_and_class_shared_by_instances_and_fail_open() 
     Ok(())
 }
 
+async fn keyed(
+    request: reqwest::RequestBuilder,
+    user: u64,
+    key: &str,
+) -> anyhow::Result<(StatusCode, serde_json::Value, bool)> {
+    let response = request
+        .bearer_auth(token(user)?)
+        .header("idempotency-key", key)
+        .send()
+        .await?;
+    let replayed = header(&response, "idempotent-replayed") == "true";
+    Ok((response.status(), response.json().await?, replayed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_publishes_a_write_once_across_instances_and_restarts(
+) -> anyhow::Result<()> {
+    let engines = Engines::from_env();
+    let deployment = Deployment::new(&engines).await?;
+    deployment.create_topics(1).await?;
+    let api = |node: &str| {
+        deployment.serve(deployment.command(&["api", "--listen", "127.0.0.1:0", "--node-id", node]))
+    };
+    let (first, one) = api("1").await?;
+    let (_second, two) = api("2").await?;
+    let http = reqwest::Client::new();
+    let post = |base: &str, content: &str| {
+        http.post(format!("{base}/posts"))
+            .json(&serde_json::json!({ "content": content }))
+    };
+
+    let (status, original, replayed) = keyed(post(&one, "once"), 3, "\"k-1\"").await?;
+    assert_eq!(
+        (status, replayed),
+        (StatusCode::ACCEPTED, false),
+        "{original}"
+    );
+    assert!(original["post_id"].is_string(), "{original}");
+    // Another instance, and then a restarted one, answer the same and publish nothing.
+    let again = keyed(post(&two, "once"), 3, "k-1").await?;
+    assert_eq!(again, (StatusCode::ACCEPTED, original.clone(), true));
+    drop(first);
+    let (_third, three) = api("3").await?;
+    let after_restart = keyed(post(&three, "once"), 3, "k-1").await?;
+    assert_eq!(
+        after_restart,
+        (StatusCode::ACCEPTED, original.clone(), true)
+    );
+
+    // The same key for another request is refused; for another user it is another key.
+    let (status, body, _) = keyed(post(&two, "something else"), 3, "k-1").await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("idempotency_key_reused")
+        )
+    );
+    let (status, other, _) = keyed(post(&two, "once"), 4, "k-1").await?;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_ne!(other["post_id"], original["post_id"]);
+
+    // DELETE takes keys too.
+    let unfollow = || http.delete(format!("{two}/follows/8"));
+    let (status, unfollowed, _) = keyed(unfollow(), 3, "u-1").await?;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        keyed(unfollow(), 3, "u-1").await?,
+        (StatusCode::ACCEPTED, unfollowed, true)
+    );
+
+    let (status, body, _) = keyed(post(&two, "x"), 3, "not a key").await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_idempotency_key"))
+    );
+
+    // Instance two published user 4's post and one unfollow, and replayed one post and one unfollow.
+    let metrics = http
+        .get(format!("{two}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for line in [
+        r#"api_events_published_total{type="POST_CREATED"} 1"#,
+        r#"api_events_published_total{type="UNFOLLOWED"} 1"#,
+        "api_idempotent_replays_total 2",
+        r#"api_idempotency_conflicts_total{reason="mismatch"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in {metrics}");
+    }
+    let metrics = http
+        .get(format!("{three}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        !metrics.contains("api_events_published_total{"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_answer_503_in_bounded_time_when_the_broker_is_gone() -> anyhow::Result<()> {
     let engines = Engines::from_env();
@@ -496,6 +601,17 @@ async fn writes_answer_503_in_bounded_time_when_the_broker_is_gone() -> anyhow::
         .env("RUST_LOG", "info")
         .stderr(std::fs::File::create(&log)?);
     let (_api, base) = deployment.serve(command).await?;
+    let (_patient_api, patient) = deployment
+        .serve(deployment.command(&[
+            "api",
+            "--listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "2",
+            "--publish-timeout-ms",
+            "60000",
+        ]))
+        .await?;
     let log_lines = |text: &str| {
         std::fs::read_to_string(&log)
             .map(|log| log.lines().filter(|line| line.contains(text)).count())
@@ -554,6 +670,54 @@ async fn writes_answer_503_in_bounded_time_when_the_broker_is_gone() -> anyhow::
     let (status, _) = error_of(waiting.await??).await?;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 
+    // Keyed writes during the outage. On an API that waits a minute for the broker, a
+    // keyed write holds its key while it waits: the same key meanwhile is 409.
+    let waits_for_the_broker = reqwest::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .build()?;
+    let held = tokio::spawn(keyed(
+        waits_for_the_broker
+            .post(format!("{patient}/posts"))
+            .body(r#"{"content": "held"}"#),
+        2,
+        "outage-held",
+    ));
+    let database = sqlx::PgPool::connect(&deployment.database_url).await?;
+    feedstream_harness::eventually(
+        Duration::from_secs(30),
+        "the held write to claim its key",
+        || async {
+            let claimed: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM idempotency_keys WHERE key = 'outage-held'",
+            )
+            .fetch_one(&database)
+            .await?;
+            Ok(claimed == 1)
+        },
+    )
+    .await?;
+    let (status, body, _) = keyed(
+        http.post(format!("{base}/posts"))
+            .body(r#"{"content": "held"}"#),
+        2,
+        "outage-held",
+    )
+    .await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("idempotency_key_in_use"))
+    );
+    // On the API that gives up after 2 s, a keyed write gets 503.
+    let keyed_write = || {
+        keyed(
+            http.post(format!("{base}/posts"))
+                .body(r#"{"content": "keyed"}"#),
+            1,
+            "outage-1",
+        )
+    };
+    assert_eq!(keyed_write().await?.0, StatusCode::SERVICE_UNAVAILABLE);
+
     let health = http.get(format!("{base}/health")).send().await?;
     assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
     let health: serde_json::Value = health.json().await?;
@@ -587,5 +751,25 @@ async fn writes_answer_503_in_bounded_time_when_the_broker_is_gone() -> anyhow::
     )
     .await?;
     assert!(log_lines("failed_attempts") >= 1);
+
+    // The held write went through once the broker was back; its key now replays it.
+    let (status, held, _) = held.await??;
+    assert_eq!(status, StatusCode::ACCEPTED, "{held}");
+    let replay = keyed(
+        http.post(format!("{base}/posts"))
+            .body(r#"{"content": "held"}"#),
+        2,
+        "outage-held",
+    )
+    .await?;
+    assert_eq!(replay, (StatusCode::ACCEPTED, held, true));
+    // The keyed write that got 503 publishes its stored event on retry, once.
+    let (status, retried, replayed) = keyed_write().await?;
+    assert_eq!(
+        (status, replayed),
+        (StatusCode::ACCEPTED, false),
+        "{retried}"
+    );
+    assert_eq!(keyed_write().await?, (StatusCode::ACCEPTED, retried, true));
     Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod auth;
 mod error;
 mod health;
+pub mod idempotency;
 mod metrics;
 pub mod publisher;
 pub mod rate_limit;

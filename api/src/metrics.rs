@@ -42,6 +42,8 @@ pub struct ApiMetrics {
     pub auth_rejections: Family<ReasonLabel, Counter>,
     pub rate_limited: Family<ClassLabel, Counter>,
     pub rate_limit_errors: Counter,
+    pub idempotent_replays: Counter,
+    pub idempotency_conflicts: Family<ReasonLabel, Counter>,
 }
 
 impl ApiMetrics {
@@ -57,6 +59,8 @@ impl ApiMetrics {
             auth_rejections: Family::default(),
             rate_limited: Family::default(),
             rate_limit_errors: Counter::default(),
+            idempotent_replays: Counter::default(),
+            idempotency_conflicts: Family::default(),
         };
         registry.register(
             "http_requests",
@@ -93,6 +97,16 @@ impl ApiMetrics {
             "api_rate_limit_errors",
             "Requests let through unchecked because the rate limiter's Redis did not answer",
             metrics.rate_limit_errors.clone(),
+        );
+        registry.register(
+            "api_idempotent_replays",
+            "Writes answered from a stored answer of their Idempotency-Key, publishing nothing",
+            metrics.idempotent_replays.clone(),
+        );
+        registry.register(
+            "api_idempotency_conflicts",
+            "Writes refused over their Idempotency-Key: in_flight (409) or mismatch (422)",
+            metrics.idempotency_conflicts.clone(),
         );
         metrics
     }

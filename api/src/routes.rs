@@ -3,6 +3,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::auth::{TokenKeys, TokenRejection};
+use crate::idempotency::{parse_key, Claim, IdempotencyError, IdempotencyStore};
 use crate::publisher::{EventPublisher, PublishError};
 use crate::rate_limit::{Decision, RateLimits, RouteClass};
 use feedstream_core::event::{validate_content, Envelope, EventBody};
@@ -31,6 +32,7 @@ pub struct ApiState {
     pub reader: FeedReader,
     pub tokens: Arc<TokenKeys>,
     pub limits: RateLimits,
+    pub idempotency: IdempotencyStore,
     pub registry: Arc<Registry>,
     pub metrics: ApiMetrics,
 }
@@ -80,23 +82,27 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
     let create_post = warp::path!("posts")
         .and(warp::post())
         .and(writer.clone())
+        .and(idempotency_key())
         .and(json_body::<NewPost>())
         .and(with_state.clone())
         .and_then(create_post);
     let delete_post = warp::path!("posts" / String)
         .and(warp::delete())
         .and(writer.clone())
+        .and(idempotency_key())
         .and(with_state.clone())
         .and_then(delete_post);
     let follow = warp::path!("follows")
         .and(warp::post())
         .and(writer.clone())
+        .and(idempotency_key())
         .and(json_body::<NewFollow>())
         .and(with_state.clone())
         .and_then(follow);
     let unfollow = warp::path!("follows" / String)
         .and(warp::delete())
         .and(writer.clone())
+        .and(idempotency_key())
         .and(with_state.clone())
         .and_then(unfollow);
     let feed = warp::path!("feeds" / String)
@@ -239,6 +245,21 @@ fn count_rejection(state: &ApiState, reason: &'static str) {
         .inc();
 }
 
+/// The `Idempotency-Key` of a write, if it sent one.
+fn idempotency_key() -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("idempotency-key").and_then(|value: Option<String>| async move {
+        match value {
+            None => Ok(None),
+            Some(value) => parse_key(&value).map(Some).ok_or_else(|| {
+                reject(ApiError::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key: 1 to 255 visible ASCII characters, optionally in double quotes",
+                ))
+            }),
+        }
+    })
+}
+
 /// A JSON body of at most [`MAX_BODY_BYTES`], with unknown fields refused.
 fn json_body<T: DeserializeOwned + Send>() -> impl Filter<Extract = (T,), Error = Rejection> + Clone
 {
@@ -269,6 +290,7 @@ async fn publish(state: &ApiState, event: &Envelope) -> Result<(), Rejection> {
                     r#type: event.type_name(),
                 })
                 .inc();
+            tracing::debug!(event_id = %event.event_id, actor = %event.actor_id, r#type = event.type_name(), "event accepted");
             Ok(())
         }
         Err(PublishError::Invalid(invalid)) => Err(reject(ApiError::bad_request(
@@ -291,31 +313,130 @@ async fn publish(state: &ApiState, event: &Envelope) -> Result<(), Rejection> {
     }
 }
 
+/// What a 202 says of an accepted event: its id, and the post's for a post.
+fn answer_of(event: &Envelope) -> serde_json::Value {
+    match &event.body {
+        EventBody::PostCreated { post_id, .. } | EventBody::PostDeleted { post_id } => {
+            serde_json::json!({ "post_id": post_id, "event_id": event.event_id })
+        }
+        _ => serde_json::json!({ "event_id": event.event_id }),
+    }
+}
+
+/// Publishes `event` and answers 202, once per idempotency key: a retry of an answered
+/// request gets the same answer and publishes nothing; a retry of one that never
+/// finished publishes the event that request stored (the same ids). `check` runs
+/// before a first publish only; a refusal there leaves the key unused.
+async fn publish_once(
+    state: &ApiState,
+    caller: &Caller,
+    key: Option<String>,
+    request: serde_json::Value,
+    event: Envelope,
+    check: impl Future<Output = Result<(), Rejection>>,
+) -> Result<warp::reply::Response, Rejection> {
+    let Some(key) = key else {
+        check.await?;
+        publish(state, &event).await?;
+        return Ok(caller.stamp(accepted(answer_of(&event))));
+    };
+    let (store, user) = (&state.idempotency, caller.user);
+    let conflict = |reason: &'static str| {
+        state
+            .metrics
+            .idempotency_conflicts
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    };
+    let event = match store
+        .claim(user, &key, &request, &event)
+        .await
+        .map_err(idempotency_unavailable)?
+    {
+        Claim::Fresh => {
+            if let Err(refused) = check.await {
+                store
+                    .forget(user, &key)
+                    .await
+                    .map_err(idempotency_unavailable)?;
+                return Err(refused);
+            }
+            event
+        }
+        Claim::Resume(stored) => *stored,
+        Claim::Answered { status, body } => {
+            state.metrics.idempotent_replays.inc();
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+            let mut response =
+                warp::reply::with_status(warp::reply::json(&body), status).into_response();
+            response.headers_mut().insert(
+                "idempotent-replayed",
+                warp::http::HeaderValue::from_static("true"),
+            );
+            return Ok(caller.stamp(response));
+        }
+        Claim::InFlight => {
+            conflict("in_flight");
+            return Err(reject(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_use",
+                "a request with this Idempotency-Key is still in progress; retry once it is answered",
+            )));
+        }
+        Claim::Mismatch => {
+            conflict("mismatch");
+            return Err(reject(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different request",
+            )));
+        }
+    };
+    if let Err(refused) = publish(state, &event).await {
+        // A retry with the key then publishes this same event at once.
+        if let Err(error) = store.release(user, &key).await {
+            tracing::warn!(%error, "an idempotency key's lease could not be ended; a retry waits for it");
+        }
+        return Err(refused);
+    }
+    let body = answer_of(&event);
+    store
+        .answer(user, &key, StatusCode::ACCEPTED.as_u16(), &body)
+        .await
+        .map_err(idempotency_unavailable)?;
+    Ok(caller.stamp(accepted(body)))
+}
+
+fn idempotency_unavailable(error: IdempotencyError) -> Rejection {
+    tracing::error!(%error, "idempotency keys unavailable");
+    reject(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "idempotency_unavailable",
+        format!(
+            "the Idempotency-Key could not be checked, nothing was published; retry later: {error}"
+        ),
+    ))
+}
+
 fn accepted(body: serde_json::Value) -> warp::reply::Response {
     warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response()
 }
 
 async fn create_post(
     caller: Caller,
+    key: Option<String>,
     post: NewPost,
     state: ApiState,
 ) -> Result<warp::reply::Response, Rejection> {
-    let author = caller.user;
     validate_content(&post.content).map_err(|invalid| {
         reject(ApiError::bad_request(
             "invalid_content",
             invalid.to_string(),
         ))
     })?;
-    let event = state.publisher.post_created(author, post.content);
-    publish(&state, &event).await?;
-    let EventBody::PostCreated { post_id, .. } = &event.body else {
-        unreachable!("post_created builds a POST_CREATED")
-    };
-    tracing::debug!(event_id = %event.event_id, author = %author, "post accepted");
-    Ok(caller.stamp(accepted(
-        serde_json::json!({ "post_id": post_id, "event_id": event.event_id }),
-    )))
+    let request = serde_json::json!({ "route": "POST /posts", "content": post.content });
+    let event = state.publisher.post_created(caller.user, post.content);
+    publish_once(&state, &caller, key, request, event, async { Ok(()) }).await
 }
 
 /// Only the author deletes a post. Anyone else's post, an unknown one and a deleted one
@@ -323,30 +444,31 @@ async fn create_post(
 async fn delete_post(
     post_id: String,
     caller: Caller,
+    key: Option<String>,
     state: ApiState,
 ) -> Result<warp::reply::Response, Rejection> {
     let user = caller.user;
     let post_id = post_id
         .parse::<PostId>()
         .map_err(|error| reject(ApiError::bad_request("invalid_post_id", error.to_string())))?;
-    let author = state
-        .reader
-        .live_post_author(post_id)
-        .await
-        .map_err(storage_unavailable)?;
-    if author != Some(user) {
-        return Err(reject(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "post_not_found",
-            format!("user {user} has no post {post_id}"),
-        )));
-    }
+    let request = serde_json::json!({ "route": "DELETE /posts", "post_id": post_id });
     let event = state.publisher.post_deleted(user, post_id);
-    publish(&state, &event).await?;
-    tracing::debug!(event_id = %event.event_id, author = %user, post_id = %post_id, "deletion accepted");
-    Ok(caller.stamp(accepted(
-        serde_json::json!({ "post_id": post_id, "event_id": event.event_id }),
-    )))
+    let check = async {
+        let author = state
+            .reader
+            .live_post_author(post_id)
+            .await
+            .map_err(storage_unavailable)?;
+        if author != Some(user) {
+            return Err(reject(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "post_not_found",
+                format!("user {user} has no post {post_id}"),
+            )));
+        }
+        Ok(())
+    };
+    publish_once(&state, &caller, key, request, event, check).await
 }
 
 fn storage_unavailable(error: feedstream_read::StorageError) -> Rejection {
@@ -360,27 +482,25 @@ fn storage_unavailable(error: feedstream_read::StorageError) -> Rejection {
 
 async fn follow(
     caller: Caller,
+    key: Option<String>,
     body: NewFollow,
     state: ApiState,
 ) -> Result<warp::reply::Response, Rejection> {
-    let follower = caller.user;
-    let event = state.publisher.followed(follower, body.followee_id);
-    publish(&state, &event).await?;
-    tracing::debug!(event_id = %event.event_id, follower = %follower, followee = %body.followee_id, "follow accepted");
-    Ok(caller.stamp(accepted(serde_json::json!({ "event_id": event.event_id }))))
+    let request = serde_json::json!({ "route": "POST /follows", "followee_id": body.followee_id });
+    let event = state.publisher.followed(caller.user, body.followee_id);
+    publish_once(&state, &caller, key, request, event, async { Ok(()) }).await
 }
 
 async fn unfollow(
     followee: String,
     caller: Caller,
+    key: Option<String>,
     state: ApiState,
 ) -> Result<warp::reply::Response, Rejection> {
-    let follower = caller.user;
     let followee = path_user(&followee)?;
-    let event = state.publisher.unfollowed(follower, followee);
-    publish(&state, &event).await?;
-    tracing::debug!(event_id = %event.event_id, follower = %follower, followee = %followee, "unfollow accepted");
-    Ok(caller.stamp(accepted(serde_json::json!({ "event_id": event.event_id }))))
+    let request = serde_json::json!({ "route": "DELETE /follows", "followee_id": followee });
+    let event = state.publisher.unfollowed(caller.user, followee);
+    publish_once(&state, &caller, key, request, event, async { Ok(()) }).await
 }
 
 /// A home feed is private: only its owner reads it.
