@@ -388,7 +388,7 @@ async fn rate_limits_are_per_user_and_class_shared_by_instances_and_fail_open() 
             deployment.command(&["api", "--listen", "127.0.0.1:0", "--node-id", node]);
         command
             .env("FEEDSTREAM_WRITE_RATE_LIMIT", "3/60s")
-            .env("FEEDSTREAM_READ_RATE_LIMIT", "100/60s")
+            .env("FEEDSTREAM_READ_RATE_LIMIT", "5/60s")
             .env("REDIS_URL", redis_url);
         command
     };
@@ -442,7 +442,29 @@ async fn rate_limits_are_per_user_and_class_shared_by_instances_and_fail_open() 
         .send()
         .await?;
     assert_eq!(read.status(), StatusCode::OK);
-    assert_eq!(header(&read, "ratelimit-policy"), r#""reads";q=100;w=60"#);
+    assert_eq!(header(&read, "ratelimit-policy"), r#""reads";q=5;w=60"#);
+    // Reads are counted by the page script itself: the sixth within the window is 429.
+    let read = || {
+        http.get(format!("{two}/feeds/9"))
+            .bearer_auth(token(9).unwrap_or_default())
+            .send()
+    };
+    for left in (0..4).rev() {
+        let response = read().await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        let limit = header(&response, "ratelimit");
+        assert!(
+            limit.starts_with(&format!(r#""reads";r={left};"#)),
+            "{limit}"
+        );
+    }
+    let refused = read().await?;
+    assert!(header(&refused, "retry-after").parse::<u64>()? >= 1);
+    let (status, code) = error_of(refused).await?;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+    );
     let metrics = http
         .get(format!("{two}/metrics"))
         .send()
@@ -450,7 +472,8 @@ async fn rate_limits_are_per_user_and_class_shared_by_instances_and_fail_open() 
         .text()
         .await?;
     assert!(
-        metrics.contains(r#"api_rate_limited_total{class="writes"} 1"#),
+        metrics.contains(r#"api_rate_limited_total{class="writes"} 1"#)
+            && metrics.contains(r#"api_rate_limited_total{class="reads"} 1"#),
         "{metrics}"
     );
 
