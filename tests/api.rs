@@ -443,7 +443,7 @@ async fn rate_limits_are_per_user_and_class_shared_by_instances_and_fail_open() 
         .await?;
     assert_eq!(read.status(), StatusCode::OK);
     assert_eq!(header(&read, "ratelimit-policy"), r#""reads";q=5;w=60"#);
-    // Reads are counted by the page script itself: the sixth within the window is 429.
+    // Reads have a limit of their own: the sixth within the window is 429.
     let read = || {
         http.get(format!("{two}/feeds/9"))
             .bearer_auth(token(9).unwrap_or_default())

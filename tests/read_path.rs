@@ -171,7 +171,7 @@ impl Reader {
                 min_id: None,
                 limit,
             };
-            let page = self.reader.page(user, &request, None).await?;
+            let page = self.reader.page(user, &request).await?;
             ids.extend(page.posts.iter().map(|post| post.id.as_i64()));
             match page.oldest {
                 Some(oldest) => max_id = Some(oldest),
@@ -194,7 +194,7 @@ impl Reader {
                 min_id: Some(min_id),
                 limit,
             };
-            let page = self.reader.page(user, &request, None).await?;
+            let page = self.reader.page(user, &request).await?;
             let mut newer: Vec<i64> = page.posts.iter().map(|post| post.id.as_i64()).collect();
             newer.extend(ids);
             ids = newer;

@@ -1,9 +1,7 @@
 //! Rate limits per user and class of route, shared by every API instance: a GCRA
 //! (generic cell rate algorithm) whose one value per user and class, the theoretical
-//! arrival time, lives in Redis and is updated by one script on Redis's clock (so
-//! instances need not agree on the time). A write runs the step on its own; a feed read
-//! hands it to the read path's page script, which runs it first, so a cached page is
-//! still one script call.
+//! arrival time, lives in Redis and is updated by one script, one round trip, on
+//! Redis's clock (so instances need not agree on the time).
 //!
 //! A policy of `quota` requests per `window` lets a quiet user send the whole quota at
 //! once, then one request every `window / quota`. When Redis does not answer, requests
@@ -12,7 +10,6 @@
 
 use std::time::Duration;
 
-use feedstream_read::gcra::{GcraAnswer, GcraStep, GCRA_FUNCTION};
 use redis::aio::ConnectionManager;
 use redis::Script;
 
@@ -81,6 +78,24 @@ impl Decision {
     }
 }
 
+/// One GCRA step. KEYS[1]: the user's key for a class. ARGV[1]: the emission interval,
+/// ARGV[2]: the window, both in microseconds. Returns {allowed, microseconds until a
+/// refused request may pass, microseconds of quota in use after this request}.
+const GCRA: &str = r#"
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+local interval = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local next_tat = tat + interval
+if next_tat - window > now then
+  return {0, next_tat - window - now, tat - now}
+end
+redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil((next_tat - now) / 1000))
+return {1, 0, next_tat - now}
+"#;
+
 /// The limits of each class; `None`: unlimited.
 #[derive(Clone)]
 pub struct RateLimits {
@@ -123,9 +138,7 @@ impl RateLimits {
             prefix: prefix.to_string(),
             writes,
             reads,
-            script: Script::new(&format!(
-                "{GCRA_FUNCTION}return gcra(KEYS[1], ARGV[1], ARGV[2])"
-            )),
+            script: Script::new(GCRA),
         })
     }
 
@@ -136,47 +149,33 @@ impl RateLimits {
         }
     }
 
-    /// The step that counts one request of `user` in `class`; `None` when the class
-    /// is unlimited. Reads pass it to the page script, which runs it first.
-    pub fn step(&self, class: RouteClass, user: u64) -> Option<GcraStep> {
-        let policy = self.policy(class)?;
-        Some(GcraStep {
-            key: format!("{}ratelimit:{}:{user}", self.prefix, class.name()),
-            interval_micros: policy.interval_micros(),
-            window_micros: policy.window.as_micros() as u64,
-        })
-    }
-
-    /// The decision of a step of `class` that answered `answer`.
-    pub fn decision(&self, class: RouteClass, answer: GcraAnswer) -> Option<Decision> {
-        Some(decide(class, self.policy(class)?, answer))
-    }
-
-    /// Counts one request of `user` in `class` on its own: `Ok(None)` when the class is
-    /// unlimited, `Err` when Redis did not answer (the caller lets the request pass).
+    /// Counts one request of `user` in `class`: `Ok(None)` when the class is unlimited,
+    /// `Err` when Redis did not answer (the caller lets the request pass).
     pub async fn check(
         &self,
         class: RouteClass,
         user: u64,
     ) -> Result<Option<Decision>, redis::RedisError> {
-        let Some(step) = self.step(class, user) else {
+        let Some(policy) = self.policy(class) else {
             return Ok(None);
         };
+        let key = format!("{}ratelimit:{}:{user}", self.prefix, class.name());
+        let interval = policy.interval_micros();
+        let window = policy.window.as_micros() as u64;
         let mut redis = self.redis.clone();
-        let reply: (i64, i64, i64) = self
+        let (allowed, wait, used): (i64, i64, i64) = self
             .script
-            .key(&step.key)
-            .arg(step.interval_micros)
-            .arg(step.window_micros)
+            .key(key)
+            .arg(interval)
+            .arg(window)
             .invoke_async(&mut redis)
             .await?;
-        Ok(self.decision(class, GcraAnswer::of(reply)))
+        Ok(Some(decide(class, policy, allowed == 1, wait, used)))
     }
 }
 
-/// The decision of a GCRA step's answer (microseconds, from [`GCRA_FUNCTION`]).
-fn decide(class: RouteClass, policy: Policy, answer: GcraAnswer) -> Decision {
-    let (allowed, wait, used) = (answer.allowed, answer.wait_micros, answer.used_micros);
+/// The decision of a GCRA step's answer (microseconds, from [`GCRA`]).
+fn decide(class: RouteClass, policy: Policy, allowed: bool, wait: i64, used: i64) -> Decision {
     let interval = policy.interval_micros() as i64;
     let window = policy.window.as_micros() as i64;
     let free = (window - used.max(0)).max(0);
@@ -228,11 +227,7 @@ mod tests {
         let decisions: Vec<Decision> = (0..4)
             .map(|_| {
                 let (allowed, wait, used) = model.step(policy, now);
-                decide(
-                    RouteClass::Writes,
-                    policy,
-                    GcraAnswer::of((i64::from(allowed), wait, used)),
-                )
+                decide(RouteClass::Writes, policy, allowed, wait, used)
             })
             .collect();
         let allowed: Vec<bool> = decisions.iter().map(|d| d.allowed).collect();
@@ -252,7 +247,7 @@ mod tests {
             quota: 100,
             window: MINUTE,
         };
-        let decision = decide(RouteClass::Reads, policy, GcraAnswer::of((1, 0, 1_200_000)));
+        let decision = decide(RouteClass::Reads, policy, true, 0, 1_200_000);
         assert_eq!(decision.policy_header(), "\"reads\";q=100;w=60");
         assert_eq!(decision.limit_header(), "\"reads\";r=98;t=2");
     }

@@ -75,9 +75,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
     let metrics = state.metrics.clone();
     // Paths before methods: an unknown path is a 404, a known one with the wrong
     // method a 405.
-    let writer = caller(state.clone(), Some(RouteClass::Writes));
-    // A read's limit is checked by the page script itself, in the same round trip.
-    let reader = caller(state.clone(), None);
+    let writer = caller(state.clone(), RouteClass::Writes);
+    let reader = caller(state.clone(), RouteClass::Reads);
     let with_state = warp::any().map(move || state.clone());
 
     let create_post = warp::path!("posts")
@@ -174,20 +173,17 @@ impl Caller {
 }
 
 /// The calling user, the subject of the request's bearer token, within its rate limit
-/// for `class` (when given).
+/// for `class`.
 fn caller(
     state: ApiState,
-    class: Option<RouteClass>,
+    class: RouteClass,
 ) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization").and_then(move |value: Option<String>| {
         let verified = authenticate(&state, value.as_deref());
         let state = state.clone();
         async move {
             let user = verified.map_err(reject)?;
-            let decision = match class {
-                Some(class) => admit(&state, class, user).await.map_err(reject)?,
-                None => None,
-            };
+            let decision = admit(&state, class, user).await.map_err(reject)?;
             Ok::<_, Rejection>(Caller { user, decision })
         }
     })
@@ -200,29 +196,22 @@ async fn admit(
     user: UserId,
 ) -> Result<Option<Decision>, ApiError> {
     match state.limits.check(class, user.get()).await {
-        Ok(decision) => within(state, decision),
+        Ok(Some(decision)) if !decision.allowed => {
+            state
+                .metrics
+                .rate_limited
+                .get_or_create(&ClassLabel {
+                    class: class.name(),
+                })
+                .inc();
+            Err(ApiError::rate_limited(&decision))
+        }
+        Ok(decision) => Ok(decision),
         Err(error) => {
             state.metrics.rate_limit_errors.inc();
             tracing::debug!(%error, "rate limiter's Redis unavailable; the request passes unchecked");
             Ok(None)
         }
-    }
-}
-
-/// A refused decision as a 429 (counted); any other as it is.
-fn within(state: &ApiState, decision: Option<Decision>) -> Result<Option<Decision>, ApiError> {
-    match decision {
-        Some(decision) if !decision.allowed => {
-            state
-                .metrics
-                .rate_limited
-                .get_or_create(&ClassLabel {
-                    class: decision.class.name(),
-                })
-                .inc();
-            Err(ApiError::rate_limited(&decision))
-        }
-        decision => Ok(decision),
     }
 }
 
@@ -546,25 +535,11 @@ async fn feed(
         min_id: query.min_id,
         limit,
     };
-    let step = state.limits.step(RouteClass::Reads, user.get());
     let page = state
         .reader
-        .page(user, &request, step.as_ref())
+        .page(user, &request)
         .await
         .map_err(storage_unavailable)?;
-    let caller = match (step, page.limit) {
-        (Some(_), Some(answer)) => Caller {
-            decision: within(&state, state.limits.decision(RouteClass::Reads, answer))
-                .map_err(reject)?,
-            ..caller
-        },
-        // Redis did not answer: the page came from PostgreSQL, unchecked.
-        (Some(_), None) => {
-            state.metrics.rate_limit_errors.inc();
-            caller
-        }
-        (None, _) => caller,
-    };
     let mut response = warp::reply::json(&page.posts).into_response();
     if let Some(link) = link_header(user, limit, &page) {
         if let Ok(value) = warp::http::HeaderValue::from_str(&link) {

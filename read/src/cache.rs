@@ -17,7 +17,6 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use crate::gcra::{GcraAnswer, GcraStep, GCRA_FUNCTION};
 use crate::layout::{self, member};
 use crate::range::IdRange;
 use crate::redact::redact;
@@ -138,15 +137,6 @@ return 1
 const PAGE: &str = r#"
 local prefix, limit, oldest = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local lower, upper = ARGV[4], ARGV[5]
--- The caller's rate limit first (KEYS[7], ARGV[6..7]; no limit when ARGV[6] is empty):
--- a refused request reads nothing.
-local limited = {-1, 0, 0}
-if ARGV[6] ~= '' then
-  limited = gcra(KEYS[7], ARGV[6], ARGV[7])
-  if limited[1] == 0 then
-    return {{0, '', '', {}}, {0, ''}, {0, ''}, 0, {}, {}, {}, {}, limited}
-  end
-end
 local function slice(key, low, inclusive)
   local lo, hi = '-', '+'
   if low ~= '' then lo = (inclusive and '[' or '(') .. low end
@@ -211,7 +201,7 @@ if #page > 0 then
 end
 return {{feed[1] and 1 or 0, feed[2] or '', feed[3] or '', entries},
   {follows[1] and 1 or 0, follows[2] or ''}, {authors[1] and 1 or 0, authors[2] or ''},
-  complete, merged, unknown, page, bodies, limited}
+  complete, merged, unknown, page, bodies}
 "#;
 
 /// One Redis operation a PostgreSQL write implies, in order.
@@ -306,8 +296,6 @@ pub(crate) struct CachedPage {
     pub merged: CachedMerged,
     /// Bodies Redis holds of the page its cached parts give.
     pub bodies: HashMap<i64, Body>,
-    /// What the rate limit said, when one was given.
-    pub limited: Option<GcraAnswer>,
 }
 
 /// Whether a part is cached, and its generation.
@@ -322,7 +310,6 @@ type PageReply = (
     Vec<String>,
     Vec<String>,
     Vec<Option<String>>,
-    (i64, i64, i64),
 );
 
 /// The read cache in Redis: its writes (the sink), page reads and fills (the reader).
@@ -354,7 +341,7 @@ impl FeedCache {
             prefix: prefix.to_string(),
             target: redact(url),
             cap,
-            page_script: Script::new(&format!("{GCRA_FUNCTION}{PAGE}")),
+            page_script: Script::new(PAGE),
             fill_set_script: Script::new(FILL_SET),
             fill_follows_script: Script::new(FILL_FOLLOWS),
             fill_authors_script: Script::new(FILL_AUTHORS),
@@ -500,13 +487,10 @@ impl FeedCache {
     }
 
     /// Reads what Redis holds of a page of `owner`'s feed, in one round trip.
-    /// With `limit`, the script first counts the request against it; a refused one
-    /// reads nothing.
     pub(crate) async fn page(
         &self,
         owner: i64,
         range: &IdRange,
-        limit: Option<&GcraStep>,
     ) -> Result<CachedPage, StorageError> {
         let bound = |id: Option<i64>| id.map(member).unwrap_or_default();
         let lower = bound(range.lower);
@@ -518,16 +502,11 @@ impl FeedCache {
             .key(layout::follows_meta_key(&self.prefix, owner))
             .key(layout::merged_authors_key(&self.prefix))
             .key(layout::merged_authors_meta_key(&self.prefix))
-            .key(limit.map(|step| step.key.as_str()).unwrap_or_default())
             .arg(&self.prefix)
             .arg(range.limit)
             .arg(if range.oldest_first { "1" } else { "0" })
             .arg(&lower)
             .arg(bound(range.upper));
-        match limit {
-            Some(step) => invocation.arg(step.interval_micros).arg(step.window_micros),
-            None => invocation.arg("").arg(""),
-        };
         let mut redis = self.redis.clone();
         let (
             (feed_cached, feed_generation, floor, entries),
@@ -538,7 +517,6 @@ impl FeedCache {
             unknown,
             page,
             bodies,
-            limited,
         ): PageReply = invocation
             .invoke_async(&mut redis)
             .await
@@ -595,7 +573,6 @@ impl FeedCache {
             entries,
             merged,
             bodies,
-            limited: (limited.0 >= 0).then(|| GcraAnswer::of(limited)),
         })
     }
 

@@ -7,7 +7,6 @@
 mod cache;
 mod database;
 mod error;
-pub mod gcra;
 pub mod layout;
 mod metrics;
 mod range;

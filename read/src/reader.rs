@@ -9,7 +9,6 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::cache::{Body, CachedEntries, CachedMerged, CachedPost, FeedCache};
-use crate::gcra::{GcraAnswer, GcraStep};
 use crate::range::IdRange;
 use crate::redact::redact;
 use crate::{ReadMetrics, StorageError};
@@ -45,9 +44,6 @@ pub struct FeedPage {
     /// was deleted, or has not reached PostgreSQL yet, is skipped but still passed.
     pub newest: Option<PostId>,
     pub oldest: Option<PostId>,
-    /// What the rate limit given to [`FeedReader::page`] answered; `None` without one,
-    /// or when Redis did not answer. A refused page is empty.
-    pub limit: Option<GcraAnswer>,
 }
 
 /// Reads pages of feeds.
@@ -72,17 +68,14 @@ impl FeedReader {
     /// A page of `user`'s feed: the user's entries merged with the posts merged on read
     /// of the authors the user follows, hydrated. A page whose parts Redis holds is one
     /// round trip to Redis; PostgreSQL serves what Redis lacks, and fills it.
-    /// A page of `user`'s feed. With `limit`, the request is first counted against it,
-    /// in the same Redis script (a refused request reads nothing).
     pub async fn page(
         &self,
         user: UserId,
         request: &PageRequest,
-        limit: Option<&GcraStep>,
     ) -> Result<FeedPage, StorageError> {
         let range = IdRange::of(request);
         let owner = user.as_i64();
-        let cached = match self.cache.page(owner, &range, limit).await {
+        let cached = match self.cache.page(owner, &range).await {
             Ok(cached) => Some(cached),
             Err(error) => {
                 self.metrics.cache_errors.inc();
@@ -90,15 +83,6 @@ impl FeedReader {
                 None
             }
         };
-        let limited = cached.as_ref().and_then(|cached| cached.limited);
-        if let Some(refused) = limited.filter(|answer| !answer.allowed) {
-            return Ok(FeedPage {
-                posts: Vec::new(),
-                newest: None,
-                oldest: None,
-                limit: Some(refused),
-            });
-        }
         let mut from_redis = false;
         let (ids, posts) = match cached {
             Some(cached) => {
@@ -136,7 +120,6 @@ impl FeedReader {
             posts,
             newest: id(ids.first()),
             oldest: id(ids.last()),
-            limit: limited,
         })
     }
 
