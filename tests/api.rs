@@ -10,6 +10,16 @@ use feedstream_core::ids::UserId;
 use feedstream_harness::token;
 use reqwest::StatusCode;
 
+/// The API's /metrics page.
+async fn metrics_of(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    Ok(http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
 async fn error_of(response: reqwest::Response) -> anyhow::Result<(StatusCode, String)> {
     let status = response.status();
     let body: serde_json::Value = response.json().await?;
@@ -159,12 +169,7 @@ async fn bad_input_gets_a_json_4xx() -> anyhow::Result<()> {
         body["post_id"], body["event_id"],
         "a post's id is its event's id"
     );
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_of(&http, &base).await?;
     assert!(
         metrics.contains("api_events_published_total{type=\"POST_CREATED\"} 1"),
         "{metrics}"
@@ -325,12 +330,7 @@ async fn the_caller_is_the_subject_of_a_valid_token_and_a_feed_is_its_owners_onl
     let anonymous = http.get(format!("{base}/feeds/4")).send().await?;
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_of(&http, &base).await?;
     for (reason, count) in [
         ("missing", 2),
         ("malformed", 2),
@@ -465,12 +465,7 @@ async fn rate_limits_are_per_user_and_class_shared_by_instances_and_fail_open() 
         (status, code.as_str()),
         (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
     );
-    let metrics = http
-        .get(format!("{two}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_of(&http, &two).await?;
     assert!(
         metrics.contains(r#"api_rate_limited_total{class="writes"} 1"#)
             && metrics.contains(r#"api_rate_limited_total{class="reads"} 1"#),
@@ -485,12 +480,7 @@ async fn rate_limits_are_per_user_and_class_shared_by_instances_and_fail_open() 
         assert_eq!(response.status(), StatusCode::ACCEPTED);
         assert!(!response.headers().contains_key("ratelimit"));
     }
-    let metrics = http
-        .get(format!("{blind}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_of(&http, &blind).await?;
     assert!(
         metrics.contains("api_rate_limit_errors_total 4"),
         "{metrics}"
@@ -576,12 +566,7 @@ async fn an_idempotency_key_publishes_a_write_once_across_instances_and_restarts
     );
 
     // Instance two published user 4's post and one unfollow, and replayed one post and one unfollow.
-    let metrics = http
-        .get(format!("{two}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_of(&http, &two).await?;
     for line in [
         r#"api_events_published_total{type="POST_CREATED"} 1"#,
         r#"api_events_published_total{type="UNFOLLOWED"} 1"#,
@@ -590,12 +575,7 @@ async fn an_idempotency_key_publishes_a_write_once_across_instances_and_restarts
     ] {
         assert!(metrics.contains(line), "no `{line}` in {metrics}");
     }
-    let metrics = http
-        .get(format!("{three}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_of(&http, &three).await?;
     assert!(
         !metrics.contains("api_events_published_total{"),
         "{metrics}"
