@@ -59,11 +59,9 @@ impl ApiError {
     /// A 429 for a request over its rate limit, with when to retry.
     pub fn rate_limited(decision: &Decision) -> Self {
         Self {
-            headers: vec![
-                ("retry-after", decision.retry_after_seconds.to_string()),
-                ("ratelimit-policy", decision.policy_header()),
-                ("ratelimit", decision.limit_header()),
-            ],
+            headers: std::iter::once(("retry-after", decision.retry_after_seconds.to_string()))
+                .chain(decision.headers())
+                .collect(),
             ..Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
@@ -93,11 +91,7 @@ impl ApiError {
             message: &self.message,
         });
         let mut response = warp::reply::with_status(body, self.status).into_response();
-        for (name, value) in &self.headers {
-            if let Ok(value) = warp::http::HeaderValue::from_str(value) {
-                response.headers_mut().insert(*name, value);
-            }
-        }
+        insert_headers(&mut response, self.headers);
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 warp::http::header::RETRY_AFTER,
@@ -109,6 +103,18 @@ impl ApiError {
 }
 
 use warp::Reply;
+
+/// Adds `headers` to `response`; a value that is not a valid header value is left out.
+pub(crate) fn insert_headers(
+    response: &mut warp::reply::Response,
+    headers: impl IntoIterator<Item = (&'static str, String)>,
+) {
+    for (name, value) in headers {
+        if let Ok(value) = warp::http::HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+}
 
 /// Turns every rejection into a JSON error, so no client ever sees an empty or HTML body.
 pub async fn recover(

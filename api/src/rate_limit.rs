@@ -67,6 +67,14 @@ impl Decision {
         )
     }
 
+    /// Both headers of the draft, as every limited answer carries them.
+    pub fn headers(&self) -> [(&'static str, String); 2] {
+        [
+            ("ratelimit-policy", self.policy_header()),
+            ("ratelimit", self.limit_header()),
+        ]
+    }
+
     /// `RateLimit` of the same draft: what remains, and when the quota is whole again.
     pub fn limit_header(&self) -> String {
         format!(

@@ -16,7 +16,7 @@ use warp::http::StatusCode;
 use warp::hyper::body::Bytes;
 use warp::{Filter, Rejection, Reply};
 
-use crate::error::{recover, ApiError};
+use crate::error::{insert_headers, recover, ApiError};
 use crate::health::health;
 use crate::metrics::{route_of, ApiMetrics, ClassLabel, EventLabel, ReasonLabel};
 
@@ -159,14 +159,7 @@ impl Caller {
     /// `response` with this request's rate limit headers, so clients can pace themselves.
     fn stamp(&self, mut response: warp::reply::Response) -> warp::reply::Response {
         if let Some(decision) = &self.decision {
-            for (name, value) in [
-                ("ratelimit-policy", decision.policy_header()),
-                ("ratelimit", decision.limit_header()),
-            ] {
-                if let Ok(value) = warp::http::HeaderValue::from_str(&value) {
-                    response.headers_mut().insert(name, value);
-                }
-            }
+            insert_headers(&mut response, decision.headers());
         }
         response
     }
