@@ -393,10 +393,15 @@ async fn publish_once(
         return Err(refused);
     }
     let body = answer_of(&event);
-    store
+    // The event is published: answer 202 even if the answer is not stored. A retry
+    // then takes over the lease once it expires and republishes this same event,
+    // which downstream treats as a replay.
+    if let Err(error) = store
         .answer(user, &key, StatusCode::ACCEPTED.as_u16(), &body)
         .await
-        .map_err(idempotency_unavailable)?;
+    {
+        tracing::warn!(%error, "an idempotency key's answer was not stored; a retry republishes the same event");
+    }
     Ok(caller.stamp(accepted(body)))
 }
 
