@@ -114,6 +114,26 @@ ensure_kafka() {
   export KAFKA_VERSION KAFKA_LIBS
 }
 
+# The API's fuzz test runs schemathesis (PyPI) from a virtualenv of the pinned
+# deploy/schemathesis/requirements.txt, installed once. Sets SCHEMATHESIS (its `st`).
+ensure_schemathesis() {
+  command -v python3 >/dev/null || apt_install python3
+  python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+  local requirements="$FEEDSTREAM_ROOT/deploy/schemathesis/requirements.txt" digest
+  local venv="${FEEDSTREAM_SCHEMATHESIS_CACHE:-$HOME/.cache/feedstream/schemathesis}"
+  digest="$(sha256sum "$requirements" | cut -d' ' -f1)"
+  if [ "$(cat "$venv/.complete" 2>/dev/null)" != "$digest" ]; then
+    say "installing schemathesis ($(grep -m1 '^schemathesis==' "$requirements")) from PyPI into $venv (once)"
+    rm -rf "$venv"
+    python3 -m venv "$venv" || die "could not create a Python virtualenv in $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements" >&2 ||
+      die "could not install schemathesis from PyPI ($requirements)"
+    echo "$digest" >"$venv/.complete"
+  fi
+  SCHEMATHESIS="$venv/bin/st"
+  export SCHEMATHESIS
+}
+
 # start_kafka DIR NODES: starts a KRaft cluster of NODES nodes (1, or 3 for the fault
 # harness) with data and logs under DIR (see scripts/kafka.sh; DIR is formatted the
 # first time and kept), and waits until every node has started. Sets KAFKA_BROKERS

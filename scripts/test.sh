@@ -2,7 +2,7 @@
 # Runs the whole test suite against real engines: PostgreSQL, Redis and a fresh
 # single-node Apache Kafka broker (KRaft). Whatever is missing is installed (Debian build
 # tools, PostgreSQL, Redis, Java and Maven from Debian; the Kafka jars from Maven
-# Central, once) and what is stopped is started; the broker is stopped afterwards.
+# Central and schemathesis from PyPI, once) and what is stopped is started; the broker is stopped afterwards.
 # Tests that kill brokers start private ones (a 3-node cluster for the fault harness).
 # Arguments go to `cargo test`, e.g. `scripts/test.sh --test faults -- --nocapture`.
 set -euo pipefail
@@ -13,6 +13,7 @@ ensure_toolchain
 ensure_postgres
 ensure_redis
 ensure_kafka
+ensure_schemathesis
 
 # Each test makes its own database and Redis key prefix; clear what earlier runs left.
 stale="$(psql "$PG_ADMIN_URL/postgres" -Atqc "select datname from pg_database where datname like 'feedstream\_test\_%'")"
@@ -32,6 +33,7 @@ export FEEDSTREAM_TEST_BROKERS="$KAFKA_BROKERS"
 export FEEDSTREAM_TEST_PG_ADMIN_URL="$PG_ADMIN_URL"
 export FEEDSTREAM_TEST_REDIS_URL="redis://127.0.0.1:6379"
 export FEEDSTREAM_TEST_KAFKA_LIBS="$KAFKA_LIBS"
+export FEEDSTREAM_TEST_SCHEMATHESIS="$SCHEMATHESIS"
 
 say "building and running the test suite (unit, property, integration and end-to-end tests)"
 cargo test --release --workspace --locked --no-fail-fast "$@"

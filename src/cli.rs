@@ -348,6 +348,17 @@ pub struct ApiArgs {
         value_parser = parse_rate_limit
     )]
     pub read_rate_limit: RateLimit,
+    /// Live feed listeners (GET /feeds/{user}/stream) this instance serves at once; each
+    /// holds a Redis connection.
+    #[arg(long, env = "FEEDSTREAM_SSE_MAX_CONNECTIONS", default_value_t = 1_000)]
+    pub sse_max_connections: usize,
+    /// Live feed listeners of one user this instance serves at once.
+    #[arg(long, env = "FEEDSTREAM_SSE_MAX_PER_USER", default_value_t = 4)]
+    pub sse_max_per_user: usize,
+    /// The longest silence on a live feed: a heartbeat comment keeps proxies from
+    /// closing it.
+    #[arg(long, env = "FEEDSTREAM_SSE_HEARTBEAT_MS", default_value_t = 15_000)]
+    pub sse_heartbeat_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]

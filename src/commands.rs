@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use feedstream_api::auth::TokenKeys;
 use feedstream_api::idempotency::IdempotencyStore;
+use feedstream_api::live::{LiveSettings, LiveStreams};
 use feedstream_api::publisher::EventPublisher;
 use feedstream_api::rate_limit::RateLimits;
 use feedstream_api::{ApiMetrics, ApiState};
@@ -513,6 +514,7 @@ struct PreparedApi {
         IdempotencyStore,
         ApiMetrics,
     ),
+    live: LiveSettings,
 }
 
 impl PreparedApi {
@@ -532,6 +534,7 @@ impl PreparedApi {
             tokens,
             limits,
             idempotency,
+            live: LiveStreams::new(self.live, shutdown.clone()),
             registry,
             metrics,
         };
@@ -601,6 +604,11 @@ async fn prepare_api(
     Ok(PreparedApi {
         listener,
         state_parts: (publisher, reader, tokens, limits, idempotency, metrics),
+        live: LiveSettings {
+            max_connections: args.sse_max_connections.max(1),
+            max_per_user: args.sse_max_per_user.max(1),
+            heartbeat: Duration::from_millis(args.sse_heartbeat_ms.max(100)),
+        },
     })
 }
 

@@ -1,10 +1,11 @@
-//! The HTTP API's answers to bad input and to a broker that is gone.
+//! The HTTP API as a product: its answers to bad input, tokens, rate limits, idempotency
+//! keys, read-your-writes, and a broker that is gone.
 
 mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Deployment, Engines, PrivateKafka};
+use common::{Client, Deployment, Engines, PrivateKafka};
 use feedstream_api::auth::TokenKeys;
 use feedstream_core::ids::UserId;
 use feedstream_harness::token;
@@ -80,7 +81,7 @@ async fn bad_input_gets_a_json_4xx() -> anyhow::Result<()> {
                 .body(r#"{"followee_id": "7"}"#)
                 .send()
                 .await?,
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_event",
         ),
         (
@@ -160,6 +161,19 @@ async fn bad_input_gets_a_json_4xx() -> anyhow::Result<()> {
             "case {index}"
         );
     }
+
+    // A known path with a method it does not take: 405, saying which it takes.
+    let wrong_method = http
+        .put(format!("{base}/posts/123"))
+        .bearer_auth(&one)
+        .send()
+        .await?;
+    assert_eq!(header(&wrong_method, "allow"), "DELETE");
+    let (status, code) = error_of(wrong_method).await?;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
 
     // Valid requests go through; metrics count them.
     let accepted = post(r#"{"content": "hello"}"#.into()).await?;
@@ -578,6 +592,95 @@ async fn an_idempotency_key_publishes_a_write_once_across_instances_and_restarts
     let metrics = metrics_of(&http, &three).await?;
     assert!(
         !metrics.contains("api_events_published_total{"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+/// Read-your-writes with no processor running, so nothing is ever materialized: the
+/// author's own feed shows each post once it is accepted, and loses it once its
+/// deletion is; no one else's feed shows it, and no one else can delete it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_author_reads_their_own_writes_before_the_pipeline_materializes_them(
+) -> anyhow::Result<()> {
+    let engines = Engines::from_env();
+    let deployment = Deployment::new(&engines).await?;
+    deployment.create_topics(1).await?;
+    let (_api, base) = deployment.spawn_api(&[]).await?;
+    let mut client = Client::new(base.clone());
+    let first = client.post(21, "first").await?;
+    let second = client.post(21, "second").await?;
+
+    let page: serde_json::Value = client
+        .http
+        .get(format!("{base}/feeds/21"))
+        .bearer_auth(token(21)?)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let shown: Vec<(String, String, String)> = page
+        .as_array()
+        .map(|posts| {
+            posts
+                .iter()
+                .map(|post| {
+                    let text = |field: &str| post[field].as_str().unwrap_or_default().to_string();
+                    (text("id"), text("author_id"), text("content"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        shown,
+        vec![
+            (second.to_string(), "21".into(), "second".into()),
+            (first.to_string(), "21".into(), "first".into())
+        ],
+        "{page}"
+    );
+    assert!(
+        page[0]["created_at"]
+            .as_str()
+            .is_some_and(|at| at.starts_with("20")),
+        "{page}"
+    );
+    let paged = client.feed_paged(21, 1).await?;
+    assert_eq!(paged, vec![second, first]);
+    assert_eq!(client.feed(22).await?, Vec::new());
+
+    // Only its author deletes a post the pipeline has not stored yet; it leaves the
+    // author's feed at once.
+    let refused = client.try_delete_post(22, first).await?;
+    let (status, code) = error_of(refused).await?;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "post_not_found")
+    );
+    client
+        .delete_post(21, first, Duration::from_secs(0))
+        .await?;
+    assert_eq!(client.feed(21).await?, vec![second]);
+    let again = client.try_delete_post(21, first).await?;
+    assert_eq!(again.status(), StatusCode::NOT_FOUND);
+
+    let metrics = metrics_of(&client.http, &base).await?;
+    assert!(
+        metrics.contains("api_read_your_writes_errors_total 0"),
+        "{metrics}"
+    );
+
+    // Without Redis a post is still accepted, and the metric counts that its author
+    // may not see it before the pipeline has stored it.
+    let nowhere = format!("redis://127.0.0.1:{}", feedstream_harness::free_port()?);
+    let mut blind = deployment.command(&["api", "--listen", "127.0.0.1:0"]);
+    blind.env("REDIS_URL", &nowhere);
+    let (_blind, blind) = deployment.serve(blind).await?;
+    let mut without_redis = Client::new(blind.clone());
+    without_redis.post(21, "unseen").await?;
+    let metrics = metrics_of(&client.http, &blind).await?;
+    assert!(
+        metrics.contains("api_read_your_writes_errors_total 1"),
         "{metrics}"
     );
     Ok(())

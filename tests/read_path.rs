@@ -2,9 +2,10 @@
 //! straight into the tables the sink fills, then read page by page as a client scrolls,
 //! from a cold cache (never read, or its keys gone after a Redis restart) and from the
 //! cache those reads filled. Every page sequence must be exactly the feed: the user's
-//! entries ∪ the posts merged on read of followed authors at or above each floor, newest
-//! first, deleted posts left out. Caps run below and above the page size, and merged
-//! posts lie on both sides of the cap's floor.
+//! entries ∪ the posts merged on read of followed authors at or above each floor ∪ the
+//! user's own posts the API accepted lately (read-your-writes), newest first, deleted
+//! posts left out. Caps run below and above the page size, and merged posts lie on both
+//! sides of the cap's floor.
 
 mod common;
 
@@ -28,6 +29,9 @@ struct StoredFeed {
     /// (post id, author) of merged posts.
     merged_posts: Vec<(i64, i64)>,
     deleted: BTreeSet<i64>,
+    /// The owner's own posts the API accepted lately (read-your-writes): some already
+    /// among the entries, some not yet stored anywhere.
+    pending: Vec<i64>,
 }
 
 impl StoredFeed {
@@ -42,6 +46,7 @@ impl StoredFeed {
                     .map(|(id, _)| *id),
             );
         }
+        ids.extend(&self.pending);
         ids.retain(|id| !self.deleted.contains(id));
         ids.into_iter().rev().collect()
     }
@@ -99,12 +104,14 @@ fn reported_feed() -> StoredFeed {
         merged_authors: vec![(0, 22)],
         merged_posts: vec![(103, 22)],
         deleted: BTreeSet::new(),
+        pending: Vec::new(),
     }
 }
 
 /// A random feed of `owner`: entries by a few authors, two merged authors (one floor at
 /// 0, one inside the feed's range), posts merged on read interleaved with the entries
-/// so that some lie above and some below any cap's floor, some posts deleted.
+/// so that some lie above and some below any cap's floor, own posts the API accepted
+/// (stored or not yet), some posts deleted.
 fn random_feed(rng: &mut fastrand::Rng, owner: i64) -> StoredFeed {
     let base = owner * 10_000;
     let mut feed = StoredFeed {
@@ -117,10 +124,15 @@ fn random_feed(rng: &mut fastrand::Rng, owner: i64) -> StoredFeed {
     feed.merged_authors = vec![(0, merged_a), (base + rng.i64(0..=length as i64), merged_b)];
     for n in 0..length as i64 {
         let id = base + n;
-        match rng.u8(..10) {
+        match rng.u8(..12) {
             0..=5 => feed.entries.push((id, owner * 100 + rng.i64(3..6))),
             6..=7 => feed.merged_posts.push((id, merged_a)),
-            _ => feed.merged_posts.push((id, merged_b)),
+            8..=9 => feed.merged_posts.push((id, merged_b)),
+            10 => {
+                feed.entries.push((id, owner));
+                feed.pending.push(id);
+            }
+            _ => feed.pending.push(id),
         }
         if rng.u8(..12) == 0 {
             feed.deleted.insert(id);
@@ -152,6 +164,26 @@ impl Reader {
             cache,
             metrics,
         })
+    }
+
+    /// Does what the API does once the broker acknowledged each feed's pending posts,
+    /// and the deletions of those deleted.
+    async fn accept_pending(&self, feeds: &[StoredFeed]) -> anyhow::Result<()> {
+        for feed in feeds {
+            for post_id in &feed.pending {
+                let post = CachedPost {
+                    post_id: *post_id,
+                    author: feed.owner,
+                    created_ms: 0,
+                    content: "text".into(),
+                };
+                self.cache.note_accepted(&post).await?;
+                if feed.deleted.contains(post_id) {
+                    self.cache.note_deleted(feed.owner, *post_id).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn postgres_queries(&self) -> u64 {
@@ -234,6 +266,7 @@ async fn pages_equal_the_feed_from_a_cold_and_a_filled_cache_for_caps_below_and_
     for cap in [1, 2, 3, 5, 8, 20, 100] {
         for limit in [1, 2, 3, 7, 10, 40] {
             let reader = Reader::new(&deployment, &pool, cap).await?;
+            reader.accept_pending(&feeds).await?;
             for feed in &feeds {
                 let expected = feed.expected();
                 let what = |pass: &str| {
@@ -276,6 +309,7 @@ async fn pages_equal_the_feed_from_a_cold_and_a_filled_cache_for_caps_below_and_
             }
             // Upwards first, from a cold cache: a fill by a page that is not the first.
             let reader = Reader::new(&deployment, &pool, cap).await?;
+            reader.accept_pending(&feeds).await?;
             for feed in &feeds {
                 let what = format!(
                     "feed of {} upwards from cold (cap {cap}, limit {limit}; seed {seed})",
@@ -314,6 +348,7 @@ async fn the_sinks_cache_writes_keep_a_filled_cache_exact_without_postgres() -> 
         merged_authors: vec![(0, 21), (0, 22)],
         merged_posts: vec![(702, 21), (703, 22), (705, 21), (706, 22)],
         deleted: BTreeSet::new(),
+        pending: Vec::new(),
     };
     feed.store(&pool).await?;
     let reader = Reader::new(&deployment, &pool, 100).await?;

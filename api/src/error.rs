@@ -4,13 +4,70 @@ use crate::auth::TokenRejection;
 use crate::rate_limit::Decision;
 use warp::http::StatusCode;
 
+/// The stable, machine-readable codes of error bodies; the OpenAPI document lists the
+/// same (a test holds them equal).
+macro_rules! error_codes {
+    ($($variant:ident => $code:literal,)+) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode {
+            $($variant,)+
+        }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for ErrorCode {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+error_codes! {
+    BrokerUnavailable => "broker_unavailable",
+    Forbidden => "forbidden",
+    IdempotencyKeyInUse => "idempotency_key_in_use",
+    IdempotencyKeyReused => "idempotency_key_reused",
+    IdempotencyUnavailable => "idempotency_unavailable",
+    Internal => "internal",
+    InvalidBody => "invalid_body",
+    InvalidContent => "invalid_content",
+    InvalidEvent => "invalid_event",
+    InvalidHeader => "invalid_header",
+    InvalidIdempotencyKey => "invalid_idempotency_key",
+    InvalidLimit => "invalid_limit",
+    InvalidPostId => "invalid_post_id",
+    InvalidQuery => "invalid_query",
+    InvalidToken => "invalid_token",
+    InvalidUserId => "invalid_user_id",
+    LengthRequired => "length_required",
+    MethodNotAllowed => "method_not_allowed",
+    MissingToken => "missing_token",
+    NotFound => "not_found",
+    Overloaded => "overloaded",
+    PayloadTooLarge => "payload_too_large",
+    PostNotFound => "post_not_found",
+    RateLimited => "rate_limited",
+    StorageUnavailable => "storage_unavailable",
+    TokenExpired => "token_expired",
+    TooManyStreams => "too_many_streams",
+    UnsupportedMediaType => "unsupported_media_type",
+}
+
 /// An error answered to a client: a status and a JSON body `{"error", "message"}`.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{status} {code}: {message}")]
 pub struct ApiError {
     pub status: StatusCode,
-    /// Stable, machine-readable code.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// What went wrong and, where it helps, how to fix it.
     pub message: String,
     /// Headers the answer carries besides its body: a 401's `WWW-Authenticate`, a
@@ -27,7 +84,7 @@ struct Body<'a> {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -39,9 +96,9 @@ impl ApiError {
     /// A 401 for a refused token, with its RFC 6750 challenge.
     pub fn unauthorized(rejection: &TokenRejection) -> Self {
         let code = match rejection {
-            TokenRejection::Missing => "missing_token",
-            TokenRejection::Expired => "token_expired",
-            _ => "invalid_token",
+            TokenRejection::Missing => ErrorCode::MissingToken,
+            TokenRejection::Expired => ErrorCode::TokenExpired,
+            _ => ErrorCode::InvalidToken,
         };
         let description = rejection.to_string().replace(['"', '\\'], "'");
         Self {
@@ -64,7 +121,7 @@ impl ApiError {
                 .collect(),
             ..Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                ErrorCode::RateLimited,
                 format!(
                     "over the limit of {} {} per {} s; retry in {} s",
                     decision.policy.quota,
@@ -76,7 +133,7 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
@@ -87,7 +144,7 @@ impl ApiError {
 
     pub fn into_response(self) -> warp::reply::Response {
         let body = warp::reply::json(&Body {
-            error: self.code,
+            error: self.code.as_str(),
             message: &self.message,
         });
         let mut response = warp::reply::with_status(body, self.status).into_response();
@@ -127,11 +184,11 @@ pub async fn recover(
     let error = if let Some(error) = rejection.find::<ApiError>() {
         error.clone()
     } else if rejection.is_not_found() {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
     } else if rejection.find::<PayloadTooLarge>().is_some() {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!(
                 "request bodies are limited to {} bytes",
                 crate::routes::MAX_BODY_BYTES
@@ -140,30 +197,30 @@ pub async fn recover(
     } else if rejection.find::<LengthRequired>().is_some() {
         ApiError::new(
             StatusCode::LENGTH_REQUIRED,
-            "length_required",
+            ErrorCode::LengthRequired,
             "send a Content-Length header",
         )
     } else if let Some(error) = rejection.find::<InvalidHeader>() {
-        ApiError::bad_request("invalid_header", error.to_string())
+        ApiError::bad_request(ErrorCode::InvalidHeader, error.to_string())
     } else if let Some(error) = rejection.find::<InvalidQuery>() {
-        ApiError::bad_request("invalid_query", error.to_string())
+        ApiError::bad_request(ErrorCode::InvalidQuery, error.to_string())
     } else if rejection.find::<MethodNotAllowed>().is_some() {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             "this route does not take that method",
         )
     } else if rejection.find::<UnsupportedMediaType>().is_some() {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send application/json",
         )
     } else {
         tracing::error!(?rejection, "unhandled rejection");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "unexpected error",
         )
     };

@@ -1,6 +1,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -44,6 +45,10 @@ pub struct ApiMetrics {
     pub rate_limit_errors: Counter,
     pub idempotent_replays: Counter,
     pub idempotency_conflicts: Family<ReasonLabel, Counter>,
+    pub read_your_writes_errors: Counter,
+    pub sse_connections: Gauge,
+    pub sse_refused: Family<ReasonLabel, Counter>,
+    pub sse_dropped: Family<ReasonLabel, Counter>,
 }
 
 impl ApiMetrics {
@@ -61,6 +66,10 @@ impl ApiMetrics {
             rate_limit_errors: Counter::default(),
             idempotent_replays: Counter::default(),
             idempotency_conflicts: Family::default(),
+            read_your_writes_errors: Counter::default(),
+            sse_connections: Gauge::default(),
+            sse_refused: Family::default(),
+            sse_dropped: Family::default(),
         };
         registry.register(
             "http_requests",
@@ -108,6 +117,28 @@ impl ApiMetrics {
             "Writes refused over their Idempotency-Key: in_flight (409) or mismatch (422)",
             metrics.idempotency_conflicts.clone(),
         );
+        registry.register(
+            "api_read_your_writes_errors",
+            "Accepted posts and deletions Redis could not record for their author's next read; \
+             those wait for the pipeline",
+            metrics.read_your_writes_errors.clone(),
+        );
+        registry.register(
+            "api_sse_connections",
+            "Live feed listeners (GET /feeds/{user_id}/stream) this instance serves",
+            metrics.sse_connections.clone(),
+        );
+        registry.register(
+            "api_sse_refused",
+            "Live feed listeners refused: per_user (429) or total (503) over its bound",
+            metrics.sse_refused.clone(),
+        );
+        registry.register(
+            "api_sse_dropped",
+            "Live feed listeners disconnected: slow (an event waited too long for the \
+             client) or behind (the client fell behind what the stream keeps)",
+            metrics.sse_dropped.clone(),
+        );
         metrics
     }
 
@@ -126,20 +157,5 @@ impl ApiMetrics {
                 status,
             })
             .inc();
-    }
-}
-
-/// The route template of a path, so metrics do not get one series per user.
-pub fn route_of(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["posts"] => "/posts",
-        ["posts", _] => "/posts/{post_id}",
-        ["follows"] => "/follows",
-        ["follows", _] => "/follows/{followee_id}",
-        ["feeds", _] => "/feeds/{user_id}",
-        ["health"] => "/health",
-        ["metrics"] => "/metrics",
-        _ => "other",
     }
 }

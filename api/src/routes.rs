@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::auth::{TokenKeys, TokenRejection};
 use crate::idempotency::{parse_key, Claim, IdempotencyError, IdempotencyStore};
+use crate::live::{LiveStreams, Refusal};
 use crate::publisher::{EventPublisher, PublishError};
 use crate::rate_limit::{Decision, RateLimits, RouteClass};
 use feedstream_core::event::{validate_content, Envelope, EventBody};
@@ -16,9 +17,10 @@ use warp::http::StatusCode;
 use warp::hyper::body::Bytes;
 use warp::{Filter, Rejection, Reply};
 
-use crate::error::{insert_headers, recover, ApiError};
+use crate::error::{insert_headers, recover, ApiError, ErrorCode};
 use crate::health::health;
-use crate::metrics::{route_of, ApiMetrics, ClassLabel, EventLabel, ReasonLabel};
+use crate::metrics::{ApiMetrics, ClassLabel, EventLabel, ReasonLabel};
+use crate::route_table::{methods_of, route_of};
 
 /// Largest request body accepted; a post of 500 characters is at most 2 KB of JSON.
 pub const MAX_BODY_BYTES: u64 = 16 * 1024;
@@ -33,6 +35,7 @@ pub struct ApiState {
     pub tokens: Arc<TokenKeys>,
     pub limits: RateLimits,
     pub idempotency: IdempotencyStore,
+    pub live: LiveStreams,
     pub registry: Arc<Registry>,
     pub metrics: ApiMetrics,
 }
@@ -107,14 +110,24 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and_then(unfollow);
     let feed = warp::path!("feeds" / String)
         .and(warp::get())
-        .and(reader)
+        .and(reader.clone())
         .and(warp::query::<FeedQuery>())
         .and(with_state.clone())
         .and_then(feed);
+    let feed_stream = warp::path!("feeds" / String / "stream")
+        .and(warp::get())
+        .and(reader)
+        .and(warp::header::optional::<String>("last-event-id"))
+        .and(with_state.clone())
+        .and_then(feed_stream);
     let health = warp::path!("health")
         .and(warp::get())
         .and(with_state.clone())
         .then(health_check);
+    let openapi = warp::path!("openapi.json").and(warp::get()).map(|| {
+        warp::reply::with_header(crate::openapi::DOCUMENT, "content-type", "application/json")
+            .into_response()
+    });
     let metrics_route = warp::path!("metrics")
         .and(warp::get())
         .and(with_state)
@@ -129,9 +142,15 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .unify()
         .or(feed)
         .unify()
+        .or(feed_stream)
+        .unify()
         .or(health)
         .unify()
         .or(metrics_route)
+        .unify()
+        .or(openapi)
+        .unify()
+        .or(method_not_allowed())
         .unify()
         .recover(recover)
         .unify()
@@ -143,6 +162,30 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
                 info.elapsed().as_secs_f64(),
             )
         }))
+}
+
+/// A known path with a method it does not take: 405 with the `Allow` header RFC 9110
+/// asks for. Any other request passes on (as not found, the weakest rejection, so a
+/// route's own refusal of it wins).
+fn method_not_allowed() -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone
+{
+    warp::method().and(warp::path::full()).and_then(
+        |method: warp::http::Method, path: warp::path::FullPath| async move {
+            match methods_of(path.as_str()) {
+                Some(methods) if !methods.contains(&method.as_str()) => {
+                    let mut response = ApiError::new(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        ErrorCode::MethodNotAllowed,
+                        format!("{} takes {}", route_of(path.as_str()), methods.join(", ")),
+                    )
+                    .into_response();
+                    insert_headers(&mut response, [("allow", methods.join(", "))]);
+                    Ok(response)
+                }
+                _ => Err(warp::reject::not_found()),
+            }
+        },
+    )
 }
 
 fn reject(error: ApiError) -> Rejection {
@@ -245,7 +288,7 @@ fn idempotency_key() -> impl Filter<Extract = (Option<String>,), Error = Rejecti
             None => Ok(None),
             Some(value) => parse_key(&value).map(Some).ok_or_else(|| {
                 reject(ApiError::bad_request(
-                    "invalid_idempotency_key",
+                    ErrorCode::InvalidIdempotencyKey,
                     "Idempotency-Key: 1 to 255 visible ASCII characters, optionally in double quotes",
                 ))
             }),
@@ -261,7 +304,7 @@ fn json_body<T: DeserializeOwned + Send>() -> impl Filter<Extract = (T,), Error 
         .and_then(|body: Bytes| async move {
             serde_json::from_slice::<T>(&body).map_err(|error| {
                 reject(ApiError::bad_request(
-                    "invalid_body",
+                    ErrorCode::InvalidBody,
                     format!("request body: {error}"),
                 ))
             })
@@ -269,8 +312,12 @@ fn json_body<T: DeserializeOwned + Send>() -> impl Filter<Extract = (T,), Error 
 }
 
 fn path_user(text: &str) -> Result<UserId, Rejection> {
-    text.parse::<UserId>()
-        .map_err(|error| reject(ApiError::bad_request("invalid_user_id", error.to_string())))
+    text.parse::<UserId>().map_err(|error| {
+        reject(ApiError::bad_request(
+            ErrorCode::InvalidUserId,
+            error.to_string(),
+        ))
+    })
 }
 
 async fn publish(state: &ApiState, event: &Envelope) -> Result<(), Rejection> {
@@ -284,18 +331,25 @@ async fn publish(state: &ApiState, event: &Envelope) -> Result<(), Rejection> {
                 })
                 .inc();
             tracing::debug!(event_id = %event.event_id, actor = %event.actor_id, r#type = event.type_name(), "event accepted");
+            // Before the 202: the author's next read must show what this one wrote.
+            if let Err(error) = state.reader.note_accepted(event).await {
+                state.metrics.read_your_writes_errors.inc();
+                tracing::warn!(event_id = %event.event_id, %error, "the author's next read may not show this event until the pipeline has materialized it");
+            }
             Ok(())
         }
-        Err(PublishError::Invalid(invalid)) => Err(reject(ApiError::bad_request(
-            "invalid_event",
+        // Well-formed, but not an event the system takes (following oneself).
+        Err(PublishError::Invalid(invalid)) => Err(reject(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidEvent,
             invalid.to_string(),
         ))),
         Err(error) => {
             state.metrics.publish_failures.inc();
             tracing::warn!(event_id = %event.event_id, %error, "event not acknowledged");
             let code = match error {
-                PublishError::Overloaded(_) => "overloaded",
-                _ => "broker_unavailable",
+                PublishError::Overloaded(_) => ErrorCode::Overloaded,
+                _ => ErrorCode::BrokerUnavailable,
             };
             Err(reject(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -372,7 +426,7 @@ async fn publish_once(
             conflict("in_flight");
             return Err(reject(ApiError::new(
                 StatusCode::CONFLICT,
-                "idempotency_key_in_use",
+                ErrorCode::IdempotencyKeyInUse,
                 "a request with this Idempotency-Key is still in progress; retry once it is answered",
             )));
         }
@@ -380,7 +434,7 @@ async fn publish_once(
             conflict("mismatch");
             return Err(reject(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
+                ErrorCode::IdempotencyKeyReused,
                 "this Idempotency-Key was used for a different request",
             )));
         }
@@ -409,7 +463,7 @@ fn idempotency_unavailable(error: IdempotencyError) -> Rejection {
     tracing::error!(%error, "idempotency keys unavailable");
     reject(ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "idempotency_unavailable",
+        ErrorCode::IdempotencyUnavailable,
         format!(
             "the Idempotency-Key could not be checked, nothing was published; retry later: {error}"
         ),
@@ -428,7 +482,7 @@ async fn create_post(
 ) -> Result<warp::reply::Response, Rejection> {
     validate_content(&post.content).map_err(|invalid| {
         reject(ApiError::bad_request(
-            "invalid_content",
+            ErrorCode::InvalidContent,
             invalid.to_string(),
         ))
     })?;
@@ -446,21 +500,24 @@ async fn delete_post(
     state: ApiState,
 ) -> Result<warp::reply::Response, Rejection> {
     let user = caller.user;
-    let post_id = post_id
-        .parse::<PostId>()
-        .map_err(|error| reject(ApiError::bad_request("invalid_post_id", error.to_string())))?;
+    let post_id = post_id.parse::<PostId>().map_err(|error| {
+        reject(ApiError::bad_request(
+            ErrorCode::InvalidPostId,
+            error.to_string(),
+        ))
+    })?;
     let request = serde_json::json!({ "route": "DELETE /posts", "post_id": post_id });
     let event = state.publisher.post_deleted(user, post_id);
     let check = async {
-        let author = state
+        let deletable = state
             .reader
-            .live_post_author(post_id)
+            .deletable(user, post_id)
             .await
             .map_err(storage_unavailable)?;
-        if author != Some(user) {
+        if !deletable {
             return Err(reject(ApiError::new(
                 StatusCode::NOT_FOUND,
-                "post_not_found",
+                ErrorCode::PostNotFound,
                 format!("user {user} has no post {post_id}"),
             )));
         }
@@ -473,7 +530,7 @@ fn storage_unavailable(error: feedstream_read::StorageError) -> Rejection {
     tracing::error!(%error, "storage read failed");
     reject(ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "storage_unavailable",
+        ErrorCode::StorageUnavailable,
         format!("storage could not be read, retry later: {error}"),
     ))
 }
@@ -501,29 +558,34 @@ async fn unfollow(
     publish_once(&state, &caller, key, request, event, async { Ok(()) }).await
 }
 
-/// A home feed is private: only its owner reads it.
-async fn feed(
-    user: String,
-    caller: Caller,
-    query: FeedQuery,
-    state: ApiState,
-) -> Result<warp::reply::Response, Rejection> {
-    let user = path_user(&user)?;
+/// The owner of the feed at `path`, who must be the caller: a home feed is private.
+fn own_feed(state: &ApiState, caller: &Caller, path: &str) -> Result<UserId, Rejection> {
+    let user = path_user(path)?;
     if user != caller.user {
-        count_rejection(&state, "forbidden");
+        count_rejection(state, "forbidden");
         return Err(reject(ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!(
                 "a home feed is private: user {} cannot read the feed of user {user}",
                 caller.user
             ),
         )));
     }
+    Ok(user)
+}
+
+async fn feed(
+    user: String,
+    caller: Caller,
+    query: FeedQuery,
+    state: ApiState,
+) -> Result<warp::reply::Response, Rejection> {
+    let user = own_feed(&state, &caller, &user)?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&limit) {
         return Err(reject(ApiError::bad_request(
-            "invalid_limit",
+            ErrorCode::InvalidLimit,
             format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
         )));
     }
@@ -544,6 +606,62 @@ async fn feed(
             response.headers_mut().insert("link", value);
         }
     }
+    Ok(caller.stamp(response))
+}
+
+/// The feed's changes as Server-Sent Events (see [`crate::live`]), after
+/// `Last-Event-ID` if the client sent one. A malformed one is treated as too old.
+async fn feed_stream(
+    user: String,
+    caller: Caller,
+    last_event_id: Option<String>,
+    state: ApiState,
+) -> Result<warp::reply::Response, Rejection> {
+    let user = own_feed(&state, &caller, &user)?;
+    let admission = state.live.admit(user, &state.metrics).map_err(|refusal| {
+        let (reason, error) = match refusal {
+            Refusal::PerUser => (
+                "per_user",
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::TooManyStreams,
+                    format!(
+                        "user {user} has {} live feeds open on this instance already; close one",
+                        state.live.settings().max_per_user
+                    ),
+                ),
+            ),
+            Refusal::Full => (
+                "total",
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Overloaded,
+                    "this instance serves as many live feeds as it may; retry later",
+                ),
+            ),
+        };
+        state
+            .metrics
+            .sse_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        reject(error)
+    })?;
+    let resume = last_event_id.map(|id| {
+        if feedstream_read::live::is_stream_id(id.trim()) {
+            id.trim().to_string()
+        } else {
+            "0-0".to_string()
+        }
+    });
+    let (feed, opening) = state
+        .reader
+        .open_live(user, resume.as_deref(), state.live.settings().heartbeat)
+        .await
+        .map_err(storage_unavailable)?;
+    let response = state
+        .live
+        .listen(feed, opening, state.reader.clone(), admission);
     Ok(caller.stamp(response))
 }
 
@@ -579,7 +697,7 @@ pub fn metrics_text(registry: &Registry) -> warp::reply::Response {
         .into_response(),
         Err(_) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "metrics could not be encoded",
         )
         .into_response(),

@@ -87,21 +87,54 @@ define_id!(UserId, "a user id");
 define_id!(PostId, "a post id");
 define_id!(EventId, "an event id");
 
+/// The largest id a JSON number may carry: every JSON parser holds integers up to 2^53 - 1
+/// exactly (JavaScript's safe range); ids above it must be strings.
+pub const MAX_NUMERIC_ID: u64 = (1 << 53) - 1;
+
 struct IdVisitor(&'static str);
+
+impl IdVisitor {
+    fn in_numeric_range<E: de::Error>(&self, value: u64) -> Result<u64, E> {
+        if value > MAX_NUMERIC_ID {
+            return Err(E::custom(format!(
+                "{} above 2^53 - 1 must be a decimal string: JSON numbers above it are not exact",
+                self.0
+            )));
+        }
+        Ok(value)
+    }
+}
 
 impl de::Visitor<'_> for IdVisitor {
     type Value = u64;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} as a decimal string or a positive integer", self.0)
+        write!(
+            f,
+            "{} as a decimal string, or a positive integer up to 2^53 - 1",
+            self.0
+        )
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<u64, E> {
-        Ok(value)
+        self.in_numeric_range(value)
     }
 
     fn visit_i64<E: de::Error>(self, value: i64) -> Result<u64, E> {
-        u64::try_from(value).map_err(|_| E::custom(format!("{} must be positive", self.0)))
+        let value =
+            u64::try_from(value).map_err(|_| E::custom(format!("{} must be positive", self.0)))?;
+        self.in_numeric_range(value)
+    }
+
+    /// `7.0` is the integer 7 to JSON Schema and to JavaScript.
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<u64, E> {
+        if value.fract() != 0.0 || !(1.0..=MAX_NUMERIC_ID as f64).contains(&value) {
+            return Err(E::custom(format!(
+                "{} must be a whole number from 1 to 2^53 - 1, or a decimal string",
+                self.0
+            )));
+        }
+        Ok(value as u64)
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<u64, E> {
@@ -225,6 +258,14 @@ mod tests {
         assert_eq!(serde_json::to_string(&id).unwrap(), "\"42\"");
         assert_eq!(serde_json::from_str::<UserId>("\"42\"").unwrap(), id);
         assert_eq!(serde_json::from_str::<UserId>("42").unwrap(), id);
+        assert_eq!(serde_json::from_str::<UserId>("42.0").unwrap(), id);
+        let safe = MAX_NUMERIC_ID.to_string();
+        assert_eq!(
+            serde_json::from_str::<UserId>(&safe).unwrap().get(),
+            MAX_NUMERIC_ID
+        );
+        let beyond = (MAX_NUMERIC_ID + 1).to_string();
+        assert!(serde_json::from_str::<UserId>(&format!("\"{beyond}\"")).is_ok());
         for bad in [
             "0",
             "-1",
@@ -232,6 +273,9 @@ mod tests {
             "\"4x\"",
             "\"9223372036854775808\"",
             "1.5",
+            "0.0",
+            "1e300",
+            beyond.as_str(),
             "null",
         ] {
             assert!(

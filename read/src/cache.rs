@@ -4,6 +4,13 @@
 //!
 //! Layout: see [`crate::layout`].
 //!
+//! Read-your-writes: the API records each post it accepted in its author's `pending:`
+//! set (with the body) before it answers, and every page of the author's own feed
+//! merges that set in. Every post is in its author's feed, so the merge only shows
+//! early what the pipeline will materialize; the set expires once the pipeline has long
+//! caught up. Nothing is fanned out: followers see the post when the pipeline delivers
+//! it.
+//!
 //! The sink only updates structures that are cached (their meta hash has `c`), so each
 //! is always a complete top slice of PostgreSQL. A reader that misses fills one from
 //! PostgreSQL only if the generation it read before its query is unchanged, so a fill
@@ -18,6 +25,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use crate::layout::{self, member};
+use crate::live::{LiveFeed, Opening, LIVE_CAP};
 use crate::range::IdRange;
 use crate::redact::redact;
 use crate::StorageError;
@@ -34,14 +42,31 @@ pub const FOLLOWS_CACHE_CAP: usize = 2_000;
 /// an evicted body is read from PostgreSQL and cached again.
 pub const POST_CACHE_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
 
+/// How many of an author's newest accepted posts the `pending:` set keeps: a full page,
+/// so the author's first page shows every post the pipeline has not materialized yet.
+pub const PENDING_CAP: usize = 100;
+
+/// How long an author's `pending:` set lives after their last post: far beyond the
+/// pipeline's visibility budget (a rebalance or a restart included), so a post leaves it
+/// only long after reaching the feed. Past it, a post still unmaterialized (the
+/// pipeline down for longer) waits for the pipeline like any other.
+pub const PENDING_TTL: Duration = Duration::from_secs(10 * 60);
+
 /// Applies one batch of changes to a sorted set (a feed, or an author's merged posts)
 /// and bumps its generation, if the set is cached: `+member` adds, `-member` removes,
-/// then the set is trimmed to the cap (ARGV[1]) and its floor raised.
+/// then the set is trimmed to the cap (ARGV[1]) and its floor raised. A feed's changes
+/// also go to its live stream (KEYS[3], capped at ARGV[2]), if somebody listens.
 const APPLY_SET: &str = r#"
+if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then
+  for i = 3, #ARGV do
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*',
+      't', string.sub(ARGV[i], 1, 1), 'p', string.sub(ARGV[i], 2))
+  end
+end
 redis.call('HINCRBY', KEYS[2], 'g', 1)
 if not redis.call('HGET', KEYS[2], 'c') then return 0 end
 local floor = redis.call('HGET', KEYS[2], 'f') or ''
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local member = string.sub(ARGV[i], 2)
   if string.sub(ARGV[i], 1, 1) == '+' then
     if member >= floor then redis.call('ZADD', KEYS[1], 0, member) end
@@ -124,7 +149,7 @@ return 1
 
 /// Everything Redis knows of one page, in one round trip. KEYS: the feed and its meta,
 /// the reader's follows and their meta, the set of authors with merged posts and its
-/// meta. ARGV: key prefix, limit, oldest first (`1`), exclusive lower and upper bounds
+/// meta, the reader's own pending posts. ARGV: key prefix, limit, oldest first (`1`), exclusive lower and upper bounds
 /// as members (`""`: none).
 ///
 /// Only followed authors with merged posts are looked at: the script walks the smaller
@@ -133,7 +158,8 @@ return 1
 /// Returns: {feed cached, generation, floor, entries}; {follows cached, generation};
 /// {authors cached, generation}; whether the merged posts are complete; the merged
 /// posts; authors whose merged posts are not cached, each followed by its generation;
-/// the page the cached parts give and the bodies of its posts (nil where not cached).
+/// the page the cached parts give and the bodies of its posts (nil where not cached);
+/// the pending posts of the range.
 const PAGE: &str = r#"
 local prefix, limit, oldest = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local lower, upper = ARGV[4], ARGV[5]
@@ -147,6 +173,7 @@ end
 local feed = redis.call('HMGET', KEYS[2], 'c', 'g', 'f')
 local entries = {}
 if feed[1] then entries = slice(KEYS[1], lower, false) end
+local pending = slice(KEYS[7], lower, false)
 local follows = redis.call('HMGET', KEYS[4], 'c', 'g')
 local authors = redis.call('HMGET', KEYS[6], 'c', 'g')
 local merged, unknown, complete = {}, {}, 0
@@ -184,6 +211,7 @@ end
 local candidates = {}
 for _, id in ipairs(entries) do candidates[#candidates + 1] = id end
 for _, id in ipairs(merged) do candidates[#candidates + 1] = id end
+for _, id in ipairs(pending) do candidates[#candidates + 1] = id end
 table.sort(candidates)
 local page, last = {}, nil
 local from, to, step = #candidates, 1, -1
@@ -201,7 +229,7 @@ if #page > 0 then
 end
 return {{feed[1] and 1 or 0, feed[2] or '', feed[3] or '', entries},
   {follows[1] and 1 or 0, follows[2] or ''}, {authors[1] and 1 or 0, authors[2] or ''},
-  complete, merged, unknown, page, bodies}
+  complete, merged, unknown, page, bodies, pending}
 "#;
 
 /// One Redis operation a PostgreSQL write implies, in order.
@@ -296,6 +324,9 @@ pub(crate) struct CachedPage {
     pub merged: CachedMerged,
     /// Bodies Redis holds of the page its cached parts give.
     pub bodies: HashMap<i64, Body>,
+    /// The owner's own posts of the range that the API accepted lately, in the range's
+    /// order: part of the feed whether or not the pipeline has materialized them.
+    pub pending: Vec<i64>,
 }
 
 /// Whether a part is cached, and its generation.
@@ -310,12 +341,15 @@ type PageReply = (
     Vec<String>,
     Vec<String>,
     Vec<Option<String>>,
+    Vec<String>,
 );
 
 /// The read cache in Redis: its writes (the sink), page reads and fills (the reader).
 #[derive(Clone)]
 pub struct FeedCache {
     redis: ConnectionManager,
+    /// For connections of their own: live feeds block on theirs.
+    client: redis::Client,
     prefix: String,
     target: String,
     cap: usize,
@@ -334,10 +368,11 @@ impl FeedCache {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1);
-        let redis = ConnectionManager::new_lazy_with_config(client, config)
+        let redis = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(StorageError::RedisUrl)?;
         Ok(Self {
             redis,
+            client,
             prefix: prefix.to_string(),
             target: redact(url),
             cap,
@@ -374,7 +409,6 @@ impl FeedCache {
         let mut merged: BTreeMap<i64, Vec<String>> = BTreeMap::new();
         let mut follows: BTreeMap<i64, Vec<String>> = BTreeMap::new();
         let mut pipe = redis::pipe();
-        let ttl = POST_CACHE_TTL.as_secs();
         for op in ops {
             match op {
                 CacheOp::Add { owner, post_id } => feeds
@@ -405,53 +439,38 @@ impl FeedCache {
                     .entry(*owner)
                     .or_default()
                     .extend([author.to_string(), String::new()]),
-                // A deleted post's "" wins over a body written before or after it.
-                CacheOp::Post(post) => {
-                    pipe.cmd("SET")
-                        .arg(layout::post_key(&self.prefix, post.post_id))
-                        .arg(layout::encode_post(
-                            post.author,
-                            post.created_ms,
-                            &post.content,
-                        ))
-                        .arg("NX")
-                        .arg("EX")
-                        .arg(ttl)
-                        .ignore();
-                }
-                CacheOp::PostDeleted { post_id } => {
-                    pipe.cmd("SET")
-                        .arg(layout::post_key(&self.prefix, *post_id))
-                        .arg("")
-                        .arg("EX")
-                        .arg(ttl)
-                        .ignore();
-                }
+                CacheOp::Post(post) => self.write_body(&mut pipe, post.post_id, Some(post)),
+                CacheOp::PostDeleted { post_id } => self.write_body(&mut pipe, *post_id, None),
             }
         }
         let sets = feeds
             .iter()
             .map(|(owner, changes)| {
                 (
-                    layout::feed_key(&self.prefix, *owner),
-                    layout::meta_key(&self.prefix, *owner),
+                    vec![
+                        layout::feed_key(&self.prefix, *owner),
+                        layout::meta_key(&self.prefix, *owner),
+                        layout::live_key(&self.prefix, *owner),
+                    ],
                     changes,
                 )
             })
             .chain(merged.iter().map(|(author, changes)| {
                 (
-                    layout::merged_key(&self.prefix, *author),
-                    layout::merged_meta_key(&self.prefix, *author),
+                    vec![
+                        layout::merged_key(&self.prefix, *author),
+                        layout::merged_meta_key(&self.prefix, *author),
+                    ],
                     changes,
                 )
             }));
-        for (set, meta, changes) in sets {
+        for (keys, changes) in sets {
             pipe.cmd("EVAL")
                 .arg(APPLY_SET)
-                .arg(2)
-                .arg(set)
-                .arg(meta)
+                .arg(keys.len())
+                .arg(keys)
                 .arg(self.cap)
+                .arg(LIVE_CAP)
                 .arg(changes)
                 .ignore();
         }
@@ -502,6 +521,7 @@ impl FeedCache {
             .key(layout::follows_meta_key(&self.prefix, owner))
             .key(layout::merged_authors_key(&self.prefix))
             .key(layout::merged_authors_meta_key(&self.prefix))
+            .key(layout::pending_key(&self.prefix, owner))
             .arg(&self.prefix)
             .arg(range.limit)
             .arg(if range.oldest_first { "1" } else { "0" })
@@ -517,6 +537,7 @@ impl FeedCache {
             unknown,
             page,
             bodies,
+            pending,
         ): PageReply = invocation
             .invoke_async(&mut redis)
             .await
@@ -573,7 +594,109 @@ impl FeedCache {
             entries,
             merged,
             bodies,
+            pending: ids(&pending),
         })
+    }
+
+    /// Records a post the API accepted in its author's pending set, with its body, so
+    /// that the author's next page shows it (read-your-writes). Atomic: a page never
+    /// sees the post without its body.
+    pub async fn note_accepted(&self, post: &CachedPost) -> Result<(), StorageError> {
+        let pending = layout::pending_key(&self.prefix, post.author);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        self.write_body(&mut pipe, post.post_id, Some(post));
+        pipe.cmd("ZADD")
+            .arg(&pending)
+            .arg(0)
+            .arg(member(post.post_id))
+            .ignore()
+            .cmd("ZREMRANGEBYRANK")
+            .arg(&pending)
+            .arg(0)
+            .arg(-(PENDING_CAP as i64) - 1)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&pending)
+            .arg(PENDING_TTL.as_secs())
+            .ignore();
+        let mut redis = self.redis.clone();
+        pipe.query_async::<()>(&mut redis)
+            .await
+            .map_err(|source| self.error(source))
+    }
+
+    /// Hides a post whose deletion the API accepted from every feed at once, as the
+    /// sink will when the deletion reaches it: its body becomes the deleted mark, which
+    /// no later write or fill overwrites, and it leaves its author's pending set.
+    pub async fn note_deleted(&self, author: i64, post_id: i64) -> Result<(), StorageError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        self.write_body(&mut pipe, post_id, None);
+        pipe.cmd("ZREM")
+            .arg(layout::pending_key(&self.prefix, author))
+            .arg(member(post_id))
+            .ignore();
+        let mut redis = self.redis.clone();
+        pipe.query_async::<()>(&mut redis)
+            .await
+            .map_err(|source| self.error(source))
+    }
+
+    /// Listens to `owner`'s live feed, after `resume` if given; reads wait at most
+    /// `wait`.
+    pub async fn open_live(
+        &self,
+        owner: i64,
+        resume: Option<&str>,
+        wait: Duration,
+    ) -> Result<(LiveFeed, Opening), StorageError> {
+        LiveFeed::open(
+            &self.client,
+            &self.target,
+            &self.prefix,
+            owner,
+            resume,
+            wait,
+        )
+        .await
+    }
+
+    /// The bodies Redis holds of `ids`.
+    pub(crate) async fn bodies(&self, ids: &[i64]) -> Result<HashMap<i64, Body>, StorageError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| layout::post_key(&self.prefix, *id))
+            .collect();
+        let mut redis = self.redis.clone();
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(keys)
+            .query_async(&mut redis)
+            .await
+            .map_err(|source| self.error(source))?;
+        Ok(ids
+            .iter()
+            .zip(values)
+            .filter_map(|(id, value)| Some((*id, decode_body(*id, &value?)?)))
+            .collect())
+    }
+
+    /// Whether `post_id` is among `author`'s pending posts and not deleted.
+    pub(crate) async fn is_pending(&self, author: i64, post_id: i64) -> Result<bool, StorageError> {
+        let mut redis = self.redis.clone();
+        let (score, body): (Option<f64>, Option<String>) = redis::pipe()
+            .cmd("ZSCORE")
+            .arg(layout::pending_key(&self.prefix, author))
+            .arg(member(post_id))
+            .cmd("GET")
+            .arg(layout::post_key(&self.prefix, post_id))
+            .query_async(&mut redis)
+            .await
+            .map_err(|source| self.error(source))?;
+        Ok(score.is_some() && body.is_some_and(|body| !body.is_empty()))
     }
 
     /// Loads the newest entries of a feed (`newest` is newest first, at most the cap),
@@ -677,6 +800,28 @@ impl FeedCache {
             .await
             .map_err(|source| self.error(source))?;
         Ok(filled == 1)
+    }
+
+    /// Appends the write of a post's body, or of its deleted mark `""` (`None`), to
+    /// `pipe`. A deleted mark wins over a body written before or after it: a body never
+    /// overwrites, a mark always does.
+    fn write_body(&self, pipe: &mut redis::Pipeline, post_id: i64, body: Option<&CachedPost>) {
+        let key = layout::post_key(&self.prefix, post_id);
+        match body {
+            Some(post) => pipe
+                .cmd("SET")
+                .arg(key)
+                .arg(layout::encode_post(
+                    post.author,
+                    post.created_ms,
+                    &post.content,
+                ))
+                .arg("NX"),
+            None => pipe.cmd("SET").arg(key).arg(""),
+        }
+        .arg("EX")
+        .arg(POST_CACHE_TTL.as_secs())
+        .ignore();
     }
 
     /// Caches bodies read from PostgreSQL (`None`: the post is deleted). Never

@@ -16,8 +16,15 @@
 //!   as `feed:`; `mergedmeta:{author}` with `c`, `g` and `f` as above.
 //! - `mergedauthors`: set of every author with posts merged on read, so that a page
 //!   looks only at those its reader follows; `mergedauthorsmeta` with `c` and `g`.
-//! - `post:{id}`: a post's body ([`encode_post`]), or `""` once it is deleted; the only
-//!   keys with a time to live ([`crate::POST_CACHE_TTL`]).
+//! - `pending:{author}`: sorted set, as `feed:`, of the author's newest posts the API
+//!   accepted, so that the author's own feed shows them before the pipeline has
+//!   materialized them (read-your-writes); the API writes it, every page of the author's
+//!   feed merges it, and it expires [`crate::PENDING_TTL`] after the author's last post.
+//! - `live:{owner}`: a stream of the feed's entry changes (`t` `+`/`-`, `p` the member;
+//!   `t` `o` marks where a listener opened), while somebody listens ([`crate::live`]).
+//! - `post:{id}`: a post's body ([`encode_post`]), or `""` once it is deleted; with the
+//!   `pending:` sets and `live:` streams the only keys with a time to live
+//!   ([`crate::POST_CACHE_TTL`]).
 
 /// The sorted set of a feed's newest entries.
 pub fn feed_key(prefix: &str, owner: i64) -> String {
@@ -59,6 +66,16 @@ pub fn merged_authors_meta_key(prefix: &str) -> String {
     format!("{prefix}mergedauthorsmeta")
 }
 
+/// The sorted set of an author's posts accepted but perhaps not yet materialized.
+pub fn pending_key(prefix: &str, author: i64) -> String {
+    format!("{prefix}pending:{author}")
+}
+
+/// The stream of a feed's entry changes, while somebody listens.
+pub fn live_key(prefix: &str, owner: i64) -> String {
+    format!("{prefix}live:{owner}")
+}
+
 /// A post's cached body, named by its member (the page script has members at hand).
 pub fn post_key(prefix: &str, post_id: i64) -> String {
     format!("{prefix}post:{}", member(post_id))
@@ -80,6 +97,8 @@ pub fn cache_key_patterns(prefix: &str) -> Vec<String> {
         "followsmeta",
         "merged",
         "mergedmeta",
+        "pending",
+        "live",
         "post",
     ]
     .iter()

@@ -8,13 +8,15 @@ mod cache;
 mod database;
 mod error;
 pub mod layout;
+pub mod live;
 mod metrics;
 mod range;
 mod reader;
 mod redact;
 
 pub use cache::{
-    CacheOp, CachedPost, FeedCache, FEED_CACHE_CAP, FOLLOWS_CACHE_CAP, POST_CACHE_TTL,
+    CacheOp, CachedPost, FeedCache, FEED_CACHE_CAP, FOLLOWS_CACHE_CAP, PENDING_CAP, PENDING_TTL,
+    POST_CACHE_TTL,
 };
 pub use database::{connect_postgres, migrate};
 pub use error::StorageError;

@@ -31,7 +31,7 @@ impl IdRange {
 
     /// The range's ids among `sources`, each already in the range's order: the union,
     /// without repeats, cut to the limit, newest first.
-    pub(crate) fn merge(&self, sources: [Vec<i64>; 2]) -> Vec<i64> {
+    pub(crate) fn merge<const N: usize>(&self, sources: [Vec<i64>; N]) -> Vec<i64> {
         let mut ids: Vec<i64> = sources.into_iter().flatten().collect();
         ids.sort_unstable();
         ids.dedup();
@@ -73,5 +73,9 @@ mod tests {
             vec![5, 4, 2]
         );
         assert_eq!(range(true, 3).merge([vec![], vec![]]), Vec::<i64>::new());
+        assert_eq!(
+            range(false, 2).merge([vec![9, 5], vec![], vec![9, 7]]),
+            vec![9, 7]
+        );
     }
 }

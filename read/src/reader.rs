@@ -4,11 +4,13 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, TimeZone, Utc};
+use feedstream_core::event::{Envelope, EventBody};
 use feedstream_core::ids::{PostId, UserId};
 use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::cache::{Body, CachedEntries, CachedMerged, CachedPost, FeedCache};
+use crate::live::{LiveFeed, Opening};
 use crate::range::IdRange;
 use crate::redact::redact;
 use crate::{ReadMetrics, StorageError};
@@ -66,8 +68,9 @@ impl FeedReader {
     }
 
     /// A page of `user`'s feed: the user's entries merged with the posts merged on read
-    /// of the authors the user follows, hydrated. A page whose parts Redis holds is one
-    /// round trip to Redis; PostgreSQL serves what Redis lacks, and fills it.
+    /// of the authors the user follows and with the user's own posts accepted lately
+    /// (read-your-writes), hydrated. A page whose parts Redis holds is one round trip to
+    /// Redis; PostgreSQL serves what Redis lacks, and fills it.
     pub async fn page(
         &self,
         user: UserId,
@@ -93,7 +96,7 @@ impl FeedReader {
                     self.entry_ids(owner, &range, cached.entries),
                     self.merged_ids(owner, &range, cached.merged)
                 )?;
-                let ids = range.merge([entries, merged]);
+                let ids = range.merge([entries, merged, cached.pending]);
                 from_redis = parts_cached && ids.iter().all(|id| cached.bodies.contains_key(id));
                 let posts = self.hydrate(&ids, cached.bodies).await?;
                 (ids, posts)
@@ -103,7 +106,7 @@ impl FeedReader {
                     self.stored_entry_ids(owner, &range),
                     self.stored_merged_ids(owner, &range)
                 )?;
-                let ids = range.merge([entries, merged]);
+                let ids = range.merge([entries, merged, Vec::new()]);
                 let stored = self.stored_posts(&ids).await?;
                 let posts = in_order(&ids, stored.into_iter().collect());
                 (ids, posts)
@@ -123,8 +126,79 @@ impl FeedReader {
         })
     }
 
+    /// Remembers what an event the API accepted means for its author's reads before
+    /// the pipeline has materialized it: a new post shows in the author's feed, a
+    /// deleted one in no feed. Follows wait for the pipeline (their backfill is
+    /// fan-out).
+    pub async fn note_accepted(&self, event: &Envelope) -> Result<(), StorageError> {
+        match &event.body {
+            EventBody::PostCreated { post_id, content } => {
+                self.cache
+                    .note_accepted(&CachedPost {
+                        post_id: post_id.as_i64(),
+                        author: event.actor_id.as_i64(),
+                        created_ms: event.timestamp,
+                        content: content.clone(),
+                    })
+                    .await
+            }
+            EventBody::PostDeleted { post_id } => {
+                self.cache
+                    .note_deleted(event.actor_id.as_i64(), post_id.as_i64())
+                    .await
+            }
+            EventBody::Followed { .. } | EventBody::Unfollowed { .. } => Ok(()),
+        }
+    }
+
+    /// Listens to `owner`'s live feed (see [`crate::live`]), after `resume` if given;
+    /// each read waits at most `wait`.
+    pub async fn open_live(
+        &self,
+        owner: UserId,
+        resume: Option<&str>,
+        wait: std::time::Duration,
+    ) -> Result<(LiveFeed, Opening), StorageError> {
+        self.cache.open_live(owner.as_i64(), resume, wait).await
+    }
+
+    /// The live posts of `ids`, in that order: Redis's bodies, PostgreSQL's for the
+    /// others.
+    pub async fn posts(&self, ids: &[i64]) -> Result<Vec<FeedPost>, StorageError> {
+        let cached = match self.cache.bodies(ids).await {
+            Ok(cached) => cached,
+            Err(error) => {
+                self.metrics.cache_errors.inc();
+                tracing::warn!(%error, "Redis unavailable; reading post bodies from PostgreSQL");
+                HashMap::new()
+            }
+        };
+        self.hydrate(ids, cached).await
+    }
+
+    /// Whether `author` may delete `post_id`: it is theirs and live, in PostgreSQL or
+    /// among the posts they wrote lately that the pipeline has not stored yet (their
+    /// feed shows those already).
+    pub async fn deletable(&self, author: UserId, post_id: PostId) -> Result<bool, StorageError> {
+        if self.live_post_author(post_id).await? == Some(author) {
+            return Ok(true);
+        }
+        match self
+            .cache
+            .is_pending(author.as_i64(), post_id.as_i64())
+            .await
+        {
+            Ok(pending) => Ok(pending),
+            Err(error) => {
+                self.metrics.cache_errors.inc();
+                tracing::warn!(%error, "Redis unavailable; only stored posts can be deleted");
+                Ok(false)
+            }
+        }
+    }
+
     /// The author of `post_id` unless it is unknown or deleted.
-    pub async fn live_post_author(&self, post_id: PostId) -> Result<Option<UserId>, StorageError> {
+    async fn live_post_author(&self, post_id: PostId) -> Result<Option<UserId>, StorageError> {
         let author: Option<i64> = sqlx::query_scalar(
             "SELECT author_id FROM posts WHERE post_id = $1 AND deleted_at IS NULL",
         )

@@ -291,8 +291,9 @@ impl Client {
         Ok(())
     }
 
-    /// Deletes `post_id` as `author`. The API knows a post once the sink has stored it,
-    /// so a 404 is retried until `deadline`.
+    /// Deletes `post_id` as `author`. The API knows a post once it accepted it (from
+    /// Redis) or the sink has stored it, so a 404 (Redis lost the post) is retried
+    /// until `deadline`.
     pub async fn delete_post(
         &mut self,
         author: u64,
