@@ -106,8 +106,9 @@ async fn the_api_answers_as_its_openapi_document_says_under_fuzzing() -> anyhow:
         .map(|(_, count)| count)
         .sum();
     assert_eq!(server_errors, 0, "{answers:?}");
-    // Every operation was exercised, valid and invalid: accepted writes, pages, 4xx.
-    for status in [200, 202, 400, 401, 403, 404] {
+    // Valid and invalid requests were both sent, with and without a token, with
+    // methods a route does not take (what else is answered depends on the seed).
+    for status in [200, 202, 400, 401, 405] {
         assert!(
             answers.contains_key(&status),
             "no {status} among {answers:?}"

@@ -4,12 +4,12 @@
 //!
 //! Layout: see [`crate::layout`].
 //!
-//! Read-your-writes: the API records each post it accepted in its author's `pending:`
-//! set (with the body) before it answers, and every page of the author's own feed
-//! merges that set in. Every post is in its author's feed, so the merge only shows
-//! early what the pipeline will materialize; the set expires once the pipeline has long
-//! caught up. Nothing is fanned out: followers see the post when the pipeline delivers
-//! it.
+//! Read-your-writes: the API records each post it accepted, with its body, in its
+//! author's `pending:` hash before it answers, and every page of the author's own feed
+//! merges it in, taking a pending body where `post:` has none. Every post is in its
+//! author's feed, so the merge only shows early what the pipeline will materialize; the
+//! hash expires once the pipeline has long caught up. Nothing is fanned out, and no one
+//! else sees a pending body: followers see the post once the sink stored it.
 //!
 //! The sink only updates structures that are cached (their meta hash has `c`), so each
 //! is always a complete top slice of PostgreSQL. A reader that misses fills one from
@@ -42,11 +42,11 @@ pub const FOLLOWS_CACHE_CAP: usize = 2_000;
 /// an evicted body is read from PostgreSQL and cached again.
 pub const POST_CACHE_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
 
-/// How many of an author's newest accepted posts the `pending:` set keeps: a full page,
+/// How many of an author's newest accepted posts the `pending:` hash keeps: a full page,
 /// so the author's first page shows every post the pipeline has not materialized yet.
 pub const PENDING_CAP: usize = 100;
 
-/// How long an author's `pending:` set lives after their last post: far beyond the
+/// How long an author's `pending:` hash lives after their last post: far beyond the
 /// pipeline's visibility budget (a rebalance or a restart included), so a post leaves it
 /// only long after reaching the feed. Past it, a post still unmaterialized (the
 /// pipeline down for longer) waits for the pipeline like any other.
@@ -80,6 +80,19 @@ if excess > 0 then
   redis.call('HSET', KEYS[2], 'f', redis.call('ZRANGE', KEYS[1], 0, 0)[1])
 end
 return 1
+"#;
+
+/// Records an accepted post in its author's pending hash (KEYS[1]): ARGV member, body,
+/// cap, time to live in seconds. Beyond the cap the oldest posts go.
+const NOTE_PENDING: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local excess = redis.call('HLEN', KEYS[1]) - tonumber(ARGV[3])
+if excess > 0 then
+  local members = redis.call('HKEYS', KEYS[1])
+  table.sort(members)
+  for i = 1, excess do redis.call('HDEL', KEYS[1], members[i]) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 "#;
 
 /// Applies follows (`author`, `floor`) and unfollows (`author`, `""`) to a user's cached
@@ -159,7 +172,8 @@ return 1
 /// {authors cached, generation}; whether the merged posts are complete; the merged
 /// posts; authors whose merged posts are not cached, each followed by its generation;
 /// the page the cached parts give and the bodies of its posts (nil where not cached);
-/// the pending posts of the range.
+/// the pending posts of the range (their bodies stand in the page's where `post:` has
+/// none).
 const PAGE: &str = r#"
 local prefix, limit, oldest = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local lower, upper = ARGV[4], ARGV[5]
@@ -173,7 +187,14 @@ end
 local feed = redis.call('HMGET', KEYS[2], 'c', 'g', 'f')
 local entries = {}
 if feed[1] then entries = slice(KEYS[1], lower, false) end
-local pending = slice(KEYS[7], lower, false)
+local pending, pending_bodies = {}, {}
+local own = redis.call('HGETALL', KEYS[7])
+for i = 1, #own, 2 do
+  if (lower == '' or own[i] > lower) and (upper == '' or own[i] < upper) then
+    pending[#pending + 1] = own[i]
+    pending_bodies[own[i]] = own[i + 1]
+  end
+end
 local follows = redis.call('HMGET', KEYS[4], 'c', 'g')
 local authors = redis.call('HMGET', KEYS[6], 'c', 'g')
 local merged, unknown, complete = {}, {}, 0
@@ -226,6 +247,9 @@ if #page > 0 then
   local keys = {}
   for i, id in ipairs(page) do keys[i] = prefix .. 'post:' .. id end
   bodies = redis.call('MGET', unpack(keys))
+  for i, id in ipairs(page) do
+    if not bodies[i] and pending_bodies[id] then bodies[i] = pending_bodies[id] end
+  end
 end
 return {{feed[1] and 1 or 0, feed[2] or '', feed[3] or '', entries},
   {follows[1] and 1 or 0, follows[2] or ''}, {authors[1] and 1 or 0, authors[2] or ''},
@@ -324,8 +348,8 @@ pub(crate) struct CachedPage {
     pub merged: CachedMerged,
     /// Bodies Redis holds of the page its cached parts give.
     pub bodies: HashMap<i64, Body>,
-    /// The owner's own posts of the range that the API accepted lately, in the range's
-    /// order: part of the feed whether or not the pipeline has materialized them.
+    /// The owner's own posts of the range that the API accepted lately, unordered: part
+    /// of the feed whether or not the pipeline has materialized them.
     pub pending: Vec<i64>,
 }
 
@@ -357,6 +381,7 @@ pub struct FeedCache {
     fill_set_script: Script,
     fill_follows_script: Script,
     fill_authors_script: Script,
+    note_pending_script: Script,
 }
 
 impl FeedCache {
@@ -380,6 +405,7 @@ impl FeedCache {
             fill_set_script: Script::new(FILL_SET),
             fill_follows_script: Script::new(FILL_FOLLOWS),
             fill_authors_script: Script::new(FILL_AUTHORS),
+            note_pending_script: Script::new(NOTE_PENDING),
         })
     }
 
@@ -598,42 +624,33 @@ impl FeedCache {
         })
     }
 
-    /// Records a post the API accepted in its author's pending set, with its body, so
-    /// that the author's next page shows it (read-your-writes). Atomic: a page never
-    /// sees the post without its body.
+    /// Records a post the API accepted, with its body, in its author's pending hash, so
+    /// that the author's next page shows it (read-your-writes).
     pub async fn note_accepted(&self, post: &CachedPost) -> Result<(), StorageError> {
-        let pending = layout::pending_key(&self.prefix, post.author);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        self.write_body(&mut pipe, post.post_id, Some(post));
-        pipe.cmd("ZADD")
-            .arg(&pending)
-            .arg(0)
-            .arg(member(post.post_id))
-            .ignore()
-            .cmd("ZREMRANGEBYRANK")
-            .arg(&pending)
-            .arg(0)
-            .arg(-(PENDING_CAP as i64) - 1)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&pending)
-            .arg(PENDING_TTL.as_secs())
-            .ignore();
         let mut redis = self.redis.clone();
-        pipe.query_async::<()>(&mut redis)
+        self.note_pending_script
+            .key(layout::pending_key(&self.prefix, post.author))
+            .arg(member(post.post_id))
+            .arg(layout::encode_post(
+                post.author,
+                post.created_ms,
+                &post.content,
+            ))
+            .arg(PENDING_CAP)
+            .arg(PENDING_TTL.as_secs())
+            .invoke_async::<()>(&mut redis)
             .await
             .map_err(|source| self.error(source))
     }
 
     /// Hides a post whose deletion the API accepted from every feed at once, as the
     /// sink will when the deletion reaches it: its body becomes the deleted mark, which
-    /// no later write or fill overwrites, and it leaves its author's pending set.
+    /// no later write or fill overwrites, and it leaves its author's pending hash.
     pub async fn note_deleted(&self, author: i64, post_id: i64) -> Result<(), StorageError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
         self.write_body(&mut pipe, post_id, None);
-        pipe.cmd("ZREM")
+        pipe.cmd("HDEL")
             .arg(layout::pending_key(&self.prefix, author))
             .arg(member(post_id))
             .ignore();
@@ -687,8 +704,8 @@ impl FeedCache {
     /// Whether `post_id` is among `author`'s pending posts and not deleted.
     pub(crate) async fn is_pending(&self, author: i64, post_id: i64) -> Result<bool, StorageError> {
         let mut redis = self.redis.clone();
-        let (score, body): (Option<f64>, Option<String>) = redis::pipe()
-            .cmd("ZSCORE")
+        let (pending, body): (bool, Option<String>) = redis::pipe()
+            .cmd("HEXISTS")
             .arg(layout::pending_key(&self.prefix, author))
             .arg(member(post_id))
             .cmd("GET")
@@ -696,7 +713,8 @@ impl FeedCache {
             .query_async(&mut redis)
             .await
             .map_err(|source| self.error(source))?;
-        Ok(score.is_some() && body.is_some_and(|body| !body.is_empty()))
+        // The deleted mark: its deletion was accepted already.
+        Ok(pending && body.is_none_or(|body| !body.is_empty()))
     }
 
     /// Loads the newest entries of a feed (`newest` is newest first, at most the cap),

@@ -16,10 +16,11 @@
 //!   as `feed:`; `mergedmeta:{author}` with `c`, `g` and `f` as above.
 //! - `mergedauthors`: set of every author with posts merged on read, so that a page
 //!   looks only at those its reader follows; `mergedauthorsmeta` with `c` and `g`.
-//! - `pending:{author}`: sorted set, as `feed:`, of the author's newest posts the API
-//!   accepted, so that the author's own feed shows them before the pipeline has
-//!   materialized them (read-your-writes); the API writes it, every page of the author's
-//!   feed merges it, and it expires [`crate::PENDING_TTL`] after the author's last post.
+//! - `pending:{author}`: hash, member → body ([`encode_post`]), of the author's newest
+//!   posts the API accepted, so that the author's own feed shows them before the
+//!   pipeline has materialized them (read-your-writes); the API writes it, every page of
+//!   the author's feed merges it, and it expires [`crate::PENDING_TTL`] after the
+//!   author's last post.
 //! - `live:{owner}`: a stream of the feed's entry changes (`t` `+`/`-`, `p` the member;
 //!   `t` `o` marks where a listener opened), while somebody listens ([`crate::live`]).
 //! - `post:{id}`: a post's body ([`encode_post`]), or `""` once it is deleted; with the
@@ -66,7 +67,7 @@ pub fn merged_authors_meta_key(prefix: &str) -> String {
     format!("{prefix}mergedauthorsmeta")
 }
 
-/// The sorted set of an author's posts accepted but perhaps not yet materialized.
+/// The hash of an author's posts accepted but perhaps not yet materialized.
 pub fn pending_key(prefix: &str, author: i64) -> String {
     format!("{prefix}pending:{author}")
 }
