@@ -63,12 +63,13 @@ async fn the_api_answers_as_its_openapi_document_says_under_fuzzing() -> anyhow:
     let (_api, base) = deployment.spawn_api(&[]).await?;
 
     let report = deployment.dir.path().join("schemathesis");
-    let config = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/schemathesis/schemathesis.toml"
-    );
+    // Where this checkout is now (cargo sets it when it runs the test), not where the
+    // binary was built: clones share one target directory.
+    let config = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR")?)
+        .join("deploy/schemathesis/schemathesis.toml");
     let mut fuzz = tokio::process::Command::new(&st);
-    fuzz.args(["--config-file", config])
+    fuzz.arg("--config-file")
+        .arg(&config)
         .args(["run", &format!("{base}/openapi.json")])
         .args(["--checks", "all"])
         // An endless event stream answers no request in time; tests/live.rs covers it.
