@@ -162,8 +162,8 @@ return 1
 
 /// Everything Redis knows of one page, in one round trip. KEYS: the feed and its meta,
 /// the reader's follows and their meta, the set of authors with merged posts and its
-/// meta, the reader's own pending posts. ARGV: key prefix, limit, oldest first (`1`), exclusive lower and upper bounds
-/// as members (`""`: none).
+/// meta, the reader's own pending posts. ARGV: key prefix, limit, oldest first (`1`),
+/// exclusive lower and upper bounds as members (`""`: none).
 ///
 /// Only followed authors with merged posts are looked at: the script walks the smaller
 /// of the reader's follows and the set of such authors.
