@@ -352,13 +352,22 @@ pub struct ApiArgs {
     /// holds a Redis connection.
     #[arg(long, env = "FEEDSTREAM_SSE_MAX_CONNECTIONS", default_value_t = 1_000)]
     pub sse_max_connections: usize,
-    /// Live feed listeners of one user this instance serves at once.
+    /// Live feed listeners of one user served at once, over every API instance (kept in
+    /// Redis).
     #[arg(long, env = "FEEDSTREAM_SSE_MAX_PER_USER", default_value_t = 4)]
     pub sse_max_per_user: usize,
     /// The longest silence on a live feed: a heartbeat comment keeps proxies from
     /// closing it.
     #[arg(long, env = "FEEDSTREAM_SSE_HEARTBEAT_MS", default_value_t = 15_000)]
     pub sse_heartbeat_ms: u64,
+    /// How often a live feed looks for newly followed or unfollowed authors whose posts
+    /// are merged on read; a change gives its listener a `reset`.
+    #[arg(
+        long,
+        env = "FEEDSTREAM_SSE_FOLLOWS_REFRESH_MS",
+        default_value_t = 30_000
+    )]
+    pub sse_follows_refresh_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -608,6 +608,7 @@ async fn prepare_api(
             max_connections: args.sse_max_connections.max(1),
             max_per_user: args.sse_max_per_user.max(1),
             heartbeat: Duration::from_millis(args.sse_heartbeat_ms.max(100)),
+            follows_refresh: Duration::from_millis(args.sse_follows_refresh_ms.max(100)),
         },
     })
 }

@@ -1,7 +1,9 @@
 //! Live feeds over Server-Sent Events, end to end with a real client on the whole
 //! pipeline: a listener on one API instance gets the posts and deletions written through
-//! another, heartbeats when nothing happens, resumes after `Last-Event-ID` without a gap,
-//! gets `reset` when what it missed is gone, and the bounds refuse one listener too many.
+//! another, those of followed celebrities (merged on read) too, heartbeats when nothing
+//! happens, resumes after `Last-Event-ID` without a gap, gets `reset` when what it
+//! missed is gone, and the bounds, per user over every instance and per instance, refuse
+//! one listener too many.
 
 mod common;
 
@@ -193,23 +195,109 @@ async fn a_live_feed_streams_changes_across_instances_and_resumes_without_a_gap(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_feeds_are_bounded_per_user_and_in_total() -> anyhow::Result<()> {
+async fn a_live_feed_streams_the_posts_of_followed_celebrities_merged_on_read() -> anyhow::Result<()>
+{
     let engines = Engines::from_env();
     let deployment = Deployment::new(&engines).await?;
     deployment.create_topics(1).await?;
     let (_api, base) = deployment
         .spawn_api(&[
-            "--sse-max-per-user",
-            "1",
-            "--sse-max-connections",
-            "2",
             "--sse-heartbeat-ms",
+            "300",
+            "--sse-follows-refresh-ms",
             "300",
         ])
         .await?;
+    // Authors with more than one follower are celebrities: their posts are merged on read.
+    let _processor =
+        deployment.spawn_processor_with("processor", &["--celebrity-threshold", "1"])?;
+    let _sink = deployment.spawn(&["sink"])?;
+    let database = sqlx::PgPool::connect(&deployment.database_url).await?;
+    let merged_posts_of = |author: i64| {
+        let database = database.clone();
+        async move {
+            let count: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM merged_posts WHERE author_id = $1")
+                    .bind(author)
+                    .fetch_one(&database)
+                    .await?;
+            anyhow::Ok(count)
+        }
+    };
+    let mut client = Client::new(base.clone());
+    for (follower, celebrity) in [(2, 1), (3, 1), (3, 5), (4, 5)] {
+        client.follow(follower, celebrity).await?;
+    }
+    for celebrity in [1, 5] {
+        let first = client.post(celebrity, "before anyone listens").await?;
+        eventually(
+            DEADLINE,
+            "the celebrity's post is merged on read",
+            || async {
+                Ok(merged_posts_of(celebrity as i64).await? == 1
+                    && client.feed(3).await?.contains(&first))
+            },
+        )
+        .await?;
+    }
+
+    // User 2 follows celebrity 1: its posts and their deletions stream.
+    let mut listener = Listener::open(&base, 2, None).await?;
+    listener.next_named("ready").await?;
+    let post = client.post(1, "to millions").await?;
+    let added = listener.change_of("added", post).await?;
+    let body: serde_json::Value = serde_json::from_str(&added.data)?;
+    assert_eq!(body["content"], "to millions", "{body}");
+    assert_eq!(
+        merged_posts_of(1).await?,
+        2,
+        "the post is merged on read, not fanned out"
+    );
+    client.delete_post(1, post, DEADLINE).await?;
+    let removed = listener.change_of("removed", post).await?;
+    let last_seen = removed.id.context("a removal has an id")?;
+
+    // Away, the celebrity posts; back with Last-Event-ID, the listener gets it.
+    drop(listener);
+    let missed = client.post(1, "while away").await?;
+    eventually(DEADLINE, "the post reaches user 2's feed", || async {
+        Ok(client.feed(2).await?.contains(&missed))
+    })
+    .await?;
+    let mut listener = Listener::open(&base, 2, Some(&last_seen)).await?;
+    let ready = listener.next_named("ready").await?;
+    assert_eq!(ready.data, r#"{"resumed":true}"#);
+    listener.change_of("added", missed).await?;
+
+    // A newly followed celebrity is a reset (the listener missed its posts before), then
+    // its posts stream too.
+    client.follow(2, 5).await?;
+    let reset = listener.next_named("reset").await?;
+    assert!(reset.data.contains("merged on read"), "{reset:?}");
+    let later = client.post(5, "to the new follower").await?;
+    listener.change_of("added", later).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_feeds_are_bounded_per_user_over_every_instance_and_in_total() -> anyhow::Result<()> {
+    let engines = Engines::from_env();
+    let deployment = Deployment::new(&engines).await?;
+    deployment.create_topics(1).await?;
+    let bounds = [
+        "--sse-max-per-user",
+        "1",
+        "--sse-max-connections",
+        "2",
+        "--sse-heartbeat-ms",
+        "300",
+    ];
+    let (_api, base) = deployment.spawn_api(&bounds).await?;
+    let (_other, other) = deployment.spawn_api(&bounds).await?;
     let mut first = Listener::open(&base, 5, None).await?;
     first.next_named("ready").await?;
-    let refused = Listener::request(&base, 5, 5, None).await?;
+    // User 5's one listener is on the first instance: the other refuses a second.
+    let refused = Listener::request(&other, 5, 5, None).await?;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     let body: serde_json::Value = refused.json().await?;
     assert_eq!(body["error"], "too_many_streams", "{body}");
@@ -218,9 +306,9 @@ async fn live_feeds_are_bounded_per_user_and_in_total() -> anyhow::Result<()> {
     let full = Listener::request(&base, 7, 7, None).await?;
     assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
 
-    // A listener that goes gives its place back.
+    // A listener that goes gives its places back, on its instance and for its user.
     drop(first);
-    let metrics_of = || async {
+    let metrics_of = |base: String| async move {
         reqwest::get(format!("{base}/metrics"))
             .await?
             .text()
@@ -228,18 +316,35 @@ async fn live_feeds_are_bounded_per_user_and_in_total() -> anyhow::Result<()> {
             .map_err(anyhow::Error::from)
     };
     eventually(DEADLINE, "user 5's place is given back", || async {
-        Ok(metrics_of().await?.contains("api_sse_connections 1\n"))
+        Ok(metrics_of(base.clone())
+            .await?
+            .contains("api_sse_connections 1\n"))
     })
     .await?;
-    let mut again = Listener::open(&base, 5, None).await?;
+    let mut again = Listener::open(&other, 5, None).await?;
     again.next_named("ready").await?;
-    let metrics = metrics_of().await?;
-    for line in [
-        r#"api_sse_refused_total{reason="per_user"} 1"#,
-        r#"api_sse_refused_total{reason="total"} 1"#,
-        "api_sse_connections 2",
+    let mut elsewhere = Listener::open(&base, 7, None).await?;
+    elsewhere.next_named("ready").await?;
+    for (base, lines) in [
+        (
+            &base,
+            [
+                r#"api_sse_refused_total{reason="total"} 1"#,
+                "api_sse_connections 2",
+            ],
+        ),
+        (
+            &other,
+            [
+                r#"api_sse_refused_total{reason="per_user"} 1"#,
+                "api_sse_connections 1",
+            ],
+        ),
     ] {
-        assert!(metrics.contains(line), "no `{line}` in {metrics}");
+        let metrics = metrics_of(base.clone()).await?;
+        for line in lines {
+            assert!(metrics.contains(line), "no `{line}` in {metrics}");
+        }
     }
     Ok(())
 }

@@ -5,18 +5,20 @@
 //! is dropped (it resumes with `Last-Event-ID`), so a slow client never holds memory.
 //!
 //! Events: `ready` (the listener's starting point), `added` (a post, as feed pages give
-//! it), `removed` (`{"id"}`), `reset` (changes were lost: read the feed again; the
-//! stream goes on from here), and a comment every heartbeat.
+//! it), `removed` (`{"id"}`), `reset` (changes were lost, or the followed authors whose
+//! posts are merged on read changed: read the feed again; the stream goes on from
+//! here), and a comment every heartbeat.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use feedstream_core::ids::UserId;
-use feedstream_read::live::{LiveChange, LiveFeed, LiveRead, Opening};
+use feedstream_read::live::{LiveChange, LiveFeed, LiveOptions, LiveRead, Opening};
 use feedstream_read::FeedReader;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use warp::sse::Event;
 use warp::Reply;
@@ -33,48 +35,32 @@ const BUFFERED_EVENTS: usize = 64;
 pub struct LiveSettings {
     /// Listeners this instance serves at once.
     pub max_connections: usize,
-    /// Listeners of one user this instance serves at once.
+    /// Listeners of one user served at once, over every instance.
     pub max_per_user: usize,
     /// The longest silence on a stream: a comment is sent then.
     pub heartbeat: Duration,
+    /// How often a listener looks for newly followed (or unfollowed) authors whose
+    /// posts are merged on read.
+    pub follows_refresh: Duration,
 }
 
-/// Why a listener was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// The user has `max_per_user` listeners already.
-    PerUser,
-    /// The instance has `max_connections` listeners.
-    Full,
-}
-
-/// The listeners of this instance and their bounds.
+/// The listeners of this instance and its bound on them; the bound per user is kept
+/// in Redis, by `feedstream_read::live`.
 #[derive(Clone)]
 pub struct LiveStreams {
     settings: LiveSettings,
     total: Arc<Semaphore>,
-    per_user: Arc<Mutex<HashMap<UserId, usize>>>,
     shutdown: watch::Receiver<bool>,
 }
 
-/// A listener's place within the bounds, given back when it ends.
+/// A listener's place on this instance, given back when it ends.
 pub struct Admission {
     _permit: OwnedSemaphorePermit,
-    user: UserId,
-    per_user: Arc<Mutex<HashMap<UserId, usize>>>,
     metrics: ApiMetrics,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if let Ok(mut per_user) = self.per_user.lock() {
-            if let Some(count) = per_user.get_mut(&self.user) {
-                *count -= 1;
-                if *count == 0 {
-                    per_user.remove(&self.user);
-                }
-            }
-        }
         self.metrics.sse_connections.dec();
     }
 }
@@ -85,7 +71,6 @@ impl LiveStreams {
         Self {
             settings,
             total: Arc::new(Semaphore::new(settings.max_connections)),
-            per_user: Arc::new(Mutex::new(HashMap::new())),
             shutdown,
         }
     }
@@ -94,44 +79,46 @@ impl LiveStreams {
         self.settings
     }
 
-    /// A place for one more listener of `user`, within both bounds.
-    pub fn admit(&self, user: UserId, metrics: &ApiMetrics) -> Result<Admission, Refusal> {
-        let permit = self
-            .total
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::Full)?;
-        let mut per_user = self.per_user.lock().map_err(|_| Refusal::Full)?;
-        let count = per_user.entry(user).or_default();
-        if *count >= self.settings.max_per_user {
-            return Err(Refusal::PerUser);
+    /// How a listener of a feed opens, resuming after `resume` if given.
+    pub fn options(&self, resume: Option<String>) -> LiveOptions {
+        LiveOptions {
+            resume,
+            wait: self.settings.heartbeat,
+            max_per_user: self.settings.max_per_user,
+            follows_refresh: self.settings.follows_refresh,
         }
-        *count += 1;
+    }
+
+    /// A place for one more listener on this instance, if it has one.
+    pub fn admit(&self, metrics: &ApiMetrics) -> Option<Admission> {
+        let permit = self.total.clone().try_acquire_owned().ok()?;
         metrics.sse_connections.inc();
-        Ok(Admission {
+        Some(Admission {
             _permit: permit,
-            user,
-            per_user: self.per_user.clone(),
             metrics: metrics.clone(),
         })
     }
 
-    /// Starts the task that feeds one listener; the answer streams its events, and
-    /// ends when the task does.
+    /// Starts the task that feeds one listener of `owner`'s feed; the answer streams its
+    /// events, and ends when the task does.
     pub fn listen(
         &self,
-        feed: LiveFeed,
+        owner: UserId,
+        feed: Box<LiveFeed>,
         opening: Opening,
         reader: FeedReader,
         admission: Admission,
     ) -> warp::reply::Response {
         let (events, received) = mpsc::channel(BUFFERED_EVENTS);
         let listener = Listener {
+            owner,
             feed,
             reader,
             events,
             metrics: admission.metrics.clone(),
             shutdown: self.shutdown.clone(),
+            follows_refresh: self.settings.follows_refresh,
+            next_refresh: Instant::now() + self.settings.follows_refresh,
         };
         tokio::spawn(async move {
             let _admission = admission;
@@ -149,11 +136,14 @@ impl LiveStreams {
 struct Stop;
 
 struct Listener {
-    feed: LiveFeed,
+    owner: UserId,
+    feed: Box<LiveFeed>,
     reader: FeedReader,
     events: mpsc::Sender<Event>,
     metrics: ApiMetrics,
     shutdown: watch::Receiver<bool>,
+    follows_refresh: Duration,
+    next_refresh: Instant,
 }
 
 impl Listener {
@@ -171,13 +161,16 @@ impl Listener {
                 .id(self.feed.position())
                 .data(r#"{"reason":"the changes after Last-Event-ID are no longer kept: read the feed again"}"#),
         };
-        if self.send(first).await.is_err() {
-            return;
+        if self.send(first).await.is_ok() {
+            while self.step().await.is_ok() {}
         }
-        while self.step().await.is_ok() {}
+        self.feed.close().await;
     }
 
     async fn step(&mut self) -> Result<(), Stop> {
+        if Instant::now() >= self.next_refresh {
+            self.refresh().await?;
+        }
         let read = tokio::select! {
             read = self.feed.read() => read,
             _ = self.shutdown.changed() => return Err(Stop),
@@ -233,6 +226,31 @@ impl Listener {
             }
         }
         Ok(())
+    }
+
+    /// Follows the owner's current authors of merged posts; a change is a reset, since
+    /// the listener missed a newly followed author's posts before now, or still shows an
+    /// unfollowed one's.
+    async fn refresh(&mut self) -> Result<(), Stop> {
+        self.next_refresh = Instant::now() + self.follows_refresh;
+        match self
+            .reader
+            .follow_live_authors(self.owner, &mut self.feed)
+            .await
+        {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                let reset = Event::default()
+                    .event("reset")
+                    .id(self.feed.position())
+                    .data(r#"{"reason":"the followed authors whose posts are merged on read changed: read the feed again"}"#);
+                self.send(reset).await
+            }
+            Err(error) => {
+                tracing::warn!(%error, "a live feed's follows could not be read; its client resumes with Last-Event-ID");
+                Err(Stop)
+            }
+        }
     }
 
     fn dropped(&self, reason: &'static str) {

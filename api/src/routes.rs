@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use crate::auth::{TokenKeys, TokenRejection};
 use crate::idempotency::{parse_key, Claim, IdempotencyError, IdempotencyStore};
-use crate::live::{LiveStreams, Refusal};
+use crate::live::LiveStreams;
 use crate::publisher::{EventPublisher, PublishError};
 use crate::rate_limit::{Decision, RateLimits, RouteClass};
 use feedstream_core::event::{validate_content, Envelope, EventBody};
 use feedstream_core::ids::{PostId, UserId};
+use feedstream_read::live::Opened;
 use feedstream_read::{FeedPage, FeedReader, PageRequest};
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
@@ -618,34 +619,23 @@ async fn feed_stream(
     state: ApiState,
 ) -> Result<warp::reply::Response, Rejection> {
     let user = own_feed(&state, &caller, &user)?;
-    let admission = state.live.admit(user, &state.metrics).map_err(|refusal| {
-        let (reason, error) = match refusal {
-            Refusal::PerUser => (
-                "per_user",
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorCode::TooManyStreams,
-                    format!(
-                        "user {user} has {} live feeds open on this instance already; close one",
-                        state.live.settings().max_per_user
-                    ),
-                ),
-            ),
-            Refusal::Full => (
-                "total",
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::Overloaded,
-                    "this instance serves as many live feeds as it may; retry later",
-                ),
-            ),
-        };
+    let refused = |reason: &'static str, error: ApiError| {
         state
             .metrics
             .sse_refused
             .get_or_create(&ReasonLabel { reason })
             .inc();
         reject(error)
+    };
+    let admission = state.live.admit(&state.metrics).ok_or_else(|| {
+        refused(
+            "total",
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Overloaded,
+                "this instance serves as many live feeds as it may; retry later",
+            ),
+        )
     })?;
     let resume = last_event_id.map(|id| {
         if feedstream_read::live::is_stream_id(id.trim()) {
@@ -654,14 +644,30 @@ async fn feed_stream(
             "0-0".to_string()
         }
     });
-    let (feed, opening) = state
+    let opened = state
         .reader
-        .open_live(user, resume.as_deref(), state.live.settings().heartbeat)
+        .open_live(user, state.live.options(resume))
         .await
         .map_err(storage_unavailable)?;
+    let (feed, opening) = match opened {
+        Opened::Listening(feed, opening) => (feed, opening),
+        Opened::TooMany => {
+            return Err(refused(
+                "per_user",
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::TooManyStreams,
+                    format!(
+                        "user {user} has {} live feeds open already; close one",
+                        state.live.settings().max_per_user
+                    ),
+                ),
+            ))
+        }
+    };
     let response = state
         .live
-        .listen(feed, opening, state.reader.clone(), admission);
+        .listen(user, feed, opening, state.reader.clone(), admission);
     Ok(caller.stamp(response))
 }
 

@@ -25,7 +25,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use crate::layout::{self, member};
-use crate::live::{LiveFeed, Opening, LIVE_CAP};
+use crate::live::{LiveFeed, LiveOptions, Opened, LIVE_CAP};
 use crate::range::IdRange;
 use crate::redact::redact;
 use crate::StorageError;
@@ -52,21 +52,35 @@ pub const PENDING_CAP: usize = 100;
 /// pipeline down for longer) waits for the pipeline like any other.
 pub const PENDING_TTL: Duration = Duration::from_secs(10 * 60);
 
-/// Applies one batch of changes to a sorted set (a feed, or an author's merged posts)
-/// and bumps its generation, if the set is cached: `+member` adds, `-member` removes,
-/// then the set is trimmed to the cap (ARGV[1]) and its floor raised. A feed's changes
-/// also go to its live stream (KEYS[3], capped at ARGV[2]), if somebody listens.
+/// Applies one batch of changes (ARGV[4..]) to a sorted set (a feed, or an author's
+/// merged posts) and bumps its generation, if the set is cached: `+member` adds,
+/// `-member` removes, then the set is trimmed to the cap (ARGV[1]) and its floor raised.
+/// The changes also go to live streams (capped at ARGV[2]) that exist, somebody
+/// listening: with ARGV[3] `''`, a feed's to its own (KEYS[3]); otherwise ARGV[3] is the
+/// stem of live stream keys and KEYS[3] the author's `livelisteners:` set, whose owners
+/// (but the lapsed, pruned here) get a merged author's changes. Those stream keys are
+/// built here, so the layout needs one Redis, not a cluster (as the page script does).
 const APPLY_SET: &str = r#"
-if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then
-  for i = 3, #ARGV do
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*',
+local function append(stream)
+  if redis.call('EXISTS', stream) == 0 then return end
+  for i = 4, #ARGV do
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*',
       't', string.sub(ARGV[i], 1, 1), 'p', string.sub(ARGV[i], 2))
+  end
+end
+if ARGV[3] == '' then
+  append(KEYS[3])
+else
+  local now = redis.call('TIME')[1]
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. now)
+  for _, owner in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    append(ARGV[3] .. owner)
   end
 end
 redis.call('HINCRBY', KEYS[2], 'g', 1)
 if not redis.call('HGET', KEYS[2], 'c') then return 0 end
 local floor = redis.call('HGET', KEYS[2], 'f') or ''
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local member = string.sub(ARGV[i], 2)
   if string.sub(ARGV[i], 1, 1) == '+' then
     if member >= floor then redis.call('ZADD', KEYS[1], 0, member) end
@@ -469,34 +483,39 @@ impl FeedCache {
                 CacheOp::PostDeleted { post_id } => self.write_body(&mut pipe, *post_id, None),
             }
         }
+        let live_stem = layout::live_key_stem(&self.prefix);
         let sets = feeds
             .iter()
             .map(|(owner, changes)| {
                 (
-                    vec![
+                    [
                         layout::feed_key(&self.prefix, *owner),
                         layout::meta_key(&self.prefix, *owner),
                         layout::live_key(&self.prefix, *owner),
                     ],
+                    "",
                     changes,
                 )
             })
             .chain(merged.iter().map(|(author, changes)| {
                 (
-                    vec![
+                    [
                         layout::merged_key(&self.prefix, *author),
                         layout::merged_meta_key(&self.prefix, *author),
+                        layout::live_listeners_key(&self.prefix, *author),
                     ],
+                    live_stem.as_str(),
                     changes,
                 )
             }));
-        for (keys, changes) in sets {
+        for (keys, streams, changes) in sets {
             pipe.cmd("EVAL")
                 .arg(APPLY_SET)
                 .arg(keys.len())
-                .arg(keys)
+                .arg(&keys)
                 .arg(self.cap)
                 .arg(LIVE_CAP)
+                .arg(streams)
                 .arg(changes)
                 .ignore();
         }
@@ -665,16 +684,16 @@ impl FeedCache {
     pub async fn open_live(
         &self,
         owner: i64,
-        resume: Option<&str>,
-        wait: Duration,
-    ) -> Result<(LiveFeed, Opening), StorageError> {
+        authors: Vec<i64>,
+        options: LiveOptions,
+    ) -> Result<Opened, StorageError> {
         LiveFeed::open(
             &self.client,
             &self.target,
             &self.prefix,
             owner,
-            resume,
-            wait,
+            authors,
+            options,
         )
         .await
     }

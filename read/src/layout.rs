@@ -23,9 +23,19 @@
 //!   author's last post.
 //! - `live:{owner}`: a stream of the feed's entry changes (`t` `+`/`-`, `p` the member;
 //!   `t` `o` marks where a listener opened), while somebody listens ([`crate::live`]).
+//! - `livelisteners:{author}`: sorted set of the owners listening to a feed that follows
+//!   the author (one with posts merged on read), scored by the Unix second their
+//!   registration lapses; the sink copies the author's merged changes into those owners'
+//!   `live:` streams and prunes lapsed owners.
+//! - `liveauthors:{owner}`: hash, merged author → the Redis millisecond since which the
+//!   owner's `live:` stream has been getting that author's changes, so that a resume from
+//!   before it is a gap.
+//! - `livestreams:{owner}`: sorted set of the listeners of a feed open on any instance,
+//!   scored by the Redis millisecond their lease lapses: the bound per user; its members
+//!   come from the counter `livestreamseq`.
 //! - `post:{id}`: a post's body ([`encode_post`]), or `""` once it is deleted; with the
-//!   `pending:` sets and `live:` streams the only keys with a time to live
-//!   ([`crate::POST_CACHE_TTL`]).
+//!   `pending:` sets and the `live` keys (but `livestreamseq`) the only keys with a time
+//!   to live ([`crate::POST_CACHE_TTL`]).
 
 /// The sorted set of a feed's newest entries.
 pub fn feed_key(prefix: &str, owner: i64) -> String {
@@ -77,6 +87,37 @@ pub fn live_key(prefix: &str, owner: i64) -> String {
     format!("{prefix}live:{owner}")
 }
 
+/// What every live stream's key starts with: the sink's script appends the owner.
+pub fn live_key_stem(prefix: &str) -> String {
+    format!("{prefix}live:")
+}
+
+/// The owners listening to feeds that follow `author`'s merged posts.
+pub fn live_listeners_key(prefix: &str, author: i64) -> String {
+    format!("{}{author}", live_listeners_key_stem(prefix))
+}
+
+/// What every `livelisteners:` key starts with: the registering script appends the
+/// author.
+pub fn live_listeners_key_stem(prefix: &str) -> String {
+    format!("{prefix}livelisteners:")
+}
+
+/// Since when `owner`'s live stream gets each followed merged author's changes.
+pub fn live_authors_key(prefix: &str, owner: i64) -> String {
+    format!("{prefix}liveauthors:{owner}")
+}
+
+/// The leases of `owner`'s open listeners, on every instance.
+pub fn live_leases_key(prefix: &str, owner: i64) -> String {
+    format!("{prefix}livestreams:{owner}")
+}
+
+/// The counter naming listeners' leases.
+pub fn live_lease_counter_key(prefix: &str) -> String {
+    format!("{prefix}livestreamseq")
+}
+
 /// A post's cached body, named by its member (the page script has members at hand).
 pub fn post_key(prefix: &str, post_id: i64) -> String {
     format!("{prefix}post:{}", member(post_id))
@@ -100,11 +141,18 @@ pub fn cache_key_patterns(prefix: &str) -> Vec<String> {
         "mergedmeta",
         "pending",
         "live",
+        "livelisteners",
+        "liveauthors",
+        "livestreams",
         "post",
     ]
     .iter()
     .map(|class| format!("{prefix}{class}:*"))
-    .chain([merged_authors_key(prefix), merged_authors_meta_key(prefix)])
+    .chain([
+        merged_authors_key(prefix),
+        merged_authors_meta_key(prefix),
+        live_lease_counter_key(prefix),
+    ])
     .collect()
 }
 

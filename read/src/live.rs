@@ -6,6 +6,18 @@
 //! some were lost (the stream expired or was trimmed past it) and must read the feed
 //! again.
 //!
+//! Posts merged on read (authors above the celebrity threshold) have no feed entries.
+//! A listener registers its owner with each followed author that has such posts
+//! (`livelisteners:{author}`), and the sink copies that author's merged changes into
+//! the streams of the registered owners: one append per listening follower, never per
+//! follower. Registrations outlive the stream they serve, so a resume within
+//! [`LIVE_TTL`] misses nothing; a resume from before the owner's registration with an
+//! author (`liveauthors:{owner}`) is a gap.
+//!
+//! Each listener holds a lease in `livestreams:{owner}`, renewed by its reads, so the
+//! bound on a user's listeners holds across instances; a listener that went without
+//! closing (its instance was killed) holds its place until its lease lapses.
+//!
 //! Changes arrive at least once: a sink replay appends an entry the feed already had.
 
 use std::time::Duration;
@@ -25,10 +37,12 @@ pub const LIVE_CAP: usize = 1_000;
 pub const LIVE_TTL: Duration = Duration::from_secs(10 * 60);
 
 /// Opens a listener on a live stream. KEYS: the stream. ARGV: the id to resume after
-/// (`""`: none), the time to live in seconds, the cap. Returns {0 fresh | 1 resumed |
+/// (`""`: none), the time to live in seconds, the cap, the Redis millisecond since which
+/// the stream has had every followed author's changes. Returns {0 fresh | 1 resumed |
 /// 2 gap, the id to read after}. Resuming needs every entry after the id still there:
-/// the stream exists and its oldest entry is not newer than the id. Otherwise an `o`
-/// (opened) entry starts the stream, or marks the gap, and reading starts after it.
+/// the stream exists, its oldest entry is not newer than the id, and the id is newer
+/// than that millisecond. Otherwise an `o` (opened) entry starts the stream, or marks
+/// the gap, and reading starts after it.
 const OPEN: &str = r#"
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -39,7 +53,7 @@ if resume ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
   local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
   local rm, rs = parse(resume)
   local om, os = parse(oldest[1])
-  if rm and (om < rm or (om == rm and os <= rs)) then
+  if rm and rm > tonumber(ARGV[4]) and (om < rm or (om == rm and os <= rs)) then
     redis.call('EXPIRE', KEYS[1], ARGV[2])
     return {1, resume}
   end
@@ -49,6 +63,84 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 if resume == '' then return {0, id} end
 return {2, id}
 "#;
+
+/// Registers an owner (ARGV[1]) with the followed authors of merged posts (ARGV[4..])
+/// until ARGV[2] seconds from now, and drops its registrations with the others. KEYS:
+/// the owner's `liveauthors:` hash; ARGV[3]: the stem of `livelisteners:` keys. Returns
+/// the latest millisecond since which one of those authors has been registered (0: none).
+const REGISTER: &str = r#"
+local time = redis.call('TIME')
+local now = time[1] * 1000 + math.floor(time[2] / 1000)
+local lapse = time[1] + tonumber(ARGV[2])
+local followed = {}
+local since = 0
+for i = 4, #ARGV do
+  local author = ARGV[i]
+  followed[author] = true
+  redis.call('ZADD', ARGV[3] .. author, lapse, ARGV[1])
+  redis.call('EXPIRE', ARGV[3] .. author, ARGV[2])
+  redis.call('HSETNX', KEYS[1], author, now)
+  local first = tonumber(redis.call('HGET', KEYS[1], author))
+  if first > since then since = first end
+end
+for _, author in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if not followed[author] then
+    redis.call('HDEL', KEYS[1], author)
+    redis.call('ZREM', ARGV[3] .. author, ARGV[1])
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return since
+"#;
+
+/// Takes a lease for one more listener of a feed unless ARGV[1] hold one. KEYS: the
+/// feed's `livestreams:` set, the lease counter; ARGV[2]: the lease in milliseconds.
+/// Returns the lease's id, or 0.
+const ACQUIRE: &str = r#"
+local time = redis.call('TIME')
+local now = time[1] * 1000 + math.floor(time[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+local id = redis.call('INCR', KEYS[2])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return id
+"#;
+
+/// Renews lease ARGV[1] of a feed's `livestreams:` set (KEYS[1]) for ARGV[2] ms.
+const RENEW: &str = r#"
+local time = redis.call('TIME')
+local now = time[1] * 1000 + math.floor(time[2] / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"#;
+
+/// How a listener is opened.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// The id to resume after (a `Last-Event-ID`).
+    pub resume: Option<String>,
+    /// The longest a read waits.
+    pub wait: Duration,
+    /// Listeners of one feed open at once, over every instance.
+    pub max_per_user: usize,
+    /// How often a listener looks for changes in its followed merged authors; their
+    /// registrations outlive the stream by twice this.
+    pub follows_refresh: Duration,
+}
+
+/// The result of opening a listener.
+pub enum Opened {
+    Listening(Box<LiveFeed>, Opening),
+    /// The feed has [`LiveOptions::max_per_user`] listeners already.
+    TooMany,
+}
+
+/// How long a listener's place lasts without a read renewing it: reads come at least
+/// every wait, and a client may hold one up for a while.
+fn lease_of(wait: Duration) -> Duration {
+    2 * wait + Duration::from_secs(30)
+}
 
 /// How a listener starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,62 +174,149 @@ pub enum LiveRead {
 /// A listener of one feed's live stream, on a connection of its own (its reads block).
 pub struct LiveFeed {
     redis: MultiplexedConnection,
+    prefix: String,
+    owner: i64,
     key: String,
     target: String,
     /// The id of the last entry read.
     position: String,
-    wait: Duration,
+    options: LiveOptions,
+    lease: i64,
+    /// The followed authors of merged posts the owner is registered with, sorted.
+    authors: Vec<i64>,
 }
 
-type ReadReply = (i64, Vec<(String, Vec<String>)>, Option<Vec<StreamReply>>);
+type ReadReply = (
+    (),
+    i64,
+    Vec<(String, Vec<String>)>,
+    Option<Vec<StreamReply>>,
+);
 type StreamReply = (String, Vec<(String, Vec<String>)>);
 
 impl LiveFeed {
-    /// Opens a listener of `owner`'s feed, resuming after `resume` (a `Last-Event-ID`) if
-    /// given; each read waits at most `wait`.
+    /// Opens a listener of `owner`'s feed, which follows `authors` with posts merged on
+    /// read, within the bound on the feed's listeners.
     pub(crate) async fn open(
         client: &redis::Client,
         target: &str,
         prefix: &str,
         owner: i64,
-        resume: Option<&str>,
-        wait: Duration,
-    ) -> Result<(Self, Opening), StorageError> {
+        authors: Vec<i64>,
+        options: LiveOptions,
+    ) -> Result<Opened, StorageError> {
         let error = |source| StorageError::Redis {
             target: target.to_string(),
             source,
         };
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(wait + Duration::from_secs(5)));
+            .set_response_timeout(Some(options.wait + Duration::from_secs(5)));
         let mut redis = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(error)?;
-        let key = layout::live_key(prefix, owner);
-        let (outcome, position): (i64, String) = Script::new(OPEN)
-            .key(&key)
-            .arg(resume.unwrap_or_default())
-            .arg(LIVE_TTL.as_secs())
-            .arg(LIVE_CAP)
+        let lease: i64 = Script::new(ACQUIRE)
+            .key(layout::live_leases_key(prefix, owner))
+            .key(layout::live_lease_counter_key(prefix))
+            .arg(options.max_per_user)
+            .arg(lease_of(options.wait).as_millis() as u64)
             .invoke_async(&mut redis)
             .await
             .map_err(error)?;
+        if lease == 0 {
+            return Ok(Opened::TooMany);
+        }
+        let mut feed = Self {
+            redis,
+            prefix: prefix.to_string(),
+            owner,
+            key: layout::live_key(prefix, owner),
+            target: target.to_string(),
+            position: String::new(),
+            options,
+            lease,
+            authors: Vec::new(),
+        };
+        let since = match feed.register(authors).await {
+            Ok(since) => since,
+            Err(error) => {
+                feed.close().await;
+                return Err(error);
+            }
+        };
+        let opened: Result<(i64, String), _> = Script::new(OPEN)
+            .key(&feed.key)
+            .arg(feed.options.resume.as_deref().unwrap_or_default())
+            .arg(LIVE_TTL.as_secs())
+            .arg(LIVE_CAP)
+            .arg(since)
+            .invoke_async(&mut feed.redis)
+            .await;
+        let (outcome, position) = match opened {
+            Ok(opened) => opened,
+            Err(source) => {
+                let error = feed.error(source);
+                feed.close().await;
+                return Err(error);
+            }
+        };
+        feed.position = position;
         let opening = match outcome {
             0 => Opening::Fresh,
             1 => Opening::Resumed,
             _ => Opening::Gap,
         };
-        Ok((
-            Self {
-                redis,
-                key,
-                target: target.to_string(),
-                position,
-                wait,
-            },
-            opening,
-        ))
+        Ok(Opened::Listening(Box::new(feed), opening))
+    }
+
+    fn error(&self, source: redis::RedisError) -> StorageError {
+        StorageError::Redis {
+            target: self.target.clone(),
+            source,
+        }
+    }
+
+    /// Registers the owner with `authors` (and with no other), returning since when the
+    /// stream has had all their changes.
+    async fn register(&mut self, mut authors: Vec<i64>) -> Result<i64, StorageError> {
+        authors.sort_unstable();
+        authors.dedup();
+        // The registrations outlive the stream, which lives LIVE_TTL after its last read,
+        // by one refresh at least.
+        let lapse = LIVE_TTL + 2 * self.options.follows_refresh;
+        let since: i64 = Script::new(REGISTER)
+            .key(layout::live_authors_key(&self.prefix, self.owner))
+            .arg(self.owner)
+            .arg(lapse.as_secs().max(1))
+            .arg(layout::live_listeners_key_stem(&self.prefix))
+            .arg(&authors)
+            .invoke_async(&mut self.redis)
+            .await
+            .map_err(|source| self.error(source))?;
+        self.authors = authors;
+        Ok(since)
+    }
+
+    /// Follows the owner's current authors of merged posts, renewing the registrations;
+    /// true if they changed, so that the listener's view misses their changes before now
+    /// (or still holds an unfollowed author's posts).
+    pub async fn follow_authors(&mut self, authors: Vec<i64>) -> Result<bool, StorageError> {
+        let before = self.authors.clone();
+        self.register(authors).await?;
+        Ok(before != self.authors)
+    }
+
+    /// Gives the listener's place back.
+    pub async fn close(mut self) {
+        let removed: Result<i64, _> = redis::cmd("ZREM")
+            .arg(layout::live_leases_key(&self.prefix, self.owner))
+            .arg(self.lease)
+            .query_async(&mut self.redis)
+            .await;
+        if let Err(error) = removed {
+            tracing::debug!(%error, "a live feed's lease lapses by itself");
+        }
     }
 
     /// The id of the last entry read: what a client resumes after.
@@ -146,9 +325,15 @@ impl LiveFeed {
     }
 
     /// The next changes, waiting for them at most the listener's wait. Keeps the stream
-    /// alive while it listens.
+    /// and the listener's lease alive while it listens.
     pub async fn read(&mut self) -> Result<LiveRead, StorageError> {
-        let (alive, oldest, streams): ReadReply = redis::pipe()
+        let ((), alive, oldest, streams): ReadReply = redis::pipe()
+            .cmd("EVAL")
+            .arg(RENEW)
+            .arg(1)
+            .arg(layout::live_leases_key(&self.prefix, self.owner))
+            .arg(self.lease)
+            .arg(lease_of(self.options.wait).as_millis() as u64)
             .cmd("EXPIRE")
             .arg(&self.key)
             .arg(LIVE_TTL.as_secs())
@@ -162,7 +347,7 @@ impl LiveFeed {
             .arg("COUNT")
             .arg(100)
             .arg("BLOCK")
-            .arg(self.wait.as_millis() as u64)
+            .arg(self.options.wait.as_millis() as u64)
             .arg("STREAMS")
             .arg(&self.key)
             .arg(&self.position)

@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::cache::{Body, CachedEntries, CachedMerged, CachedPost, FeedCache};
-use crate::live::{LiveFeed, Opening};
+use crate::live::{LiveFeed, LiveOptions, Opened};
 use crate::range::IdRange;
 use crate::redact::redact;
 use crate::{ReadMetrics, StorageError};
@@ -151,15 +151,38 @@ impl FeedReader {
         }
     }
 
-    /// Listens to `owner`'s live feed (see [`crate::live`]), after `resume` if given;
-    /// each read waits at most `wait`.
+    /// Listens to `owner`'s live feed (see [`crate::live`]), unless it has as many
+    /// listeners as it may.
     pub async fn open_live(
         &self,
         owner: UserId,
-        resume: Option<&str>,
-        wait: std::time::Duration,
-    ) -> Result<(LiveFeed, Opening), StorageError> {
-        self.cache.open_live(owner.as_i64(), resume, wait).await
+        options: LiveOptions,
+    ) -> Result<Opened, StorageError> {
+        let authors = self.followed_merged_authors(owner).await?;
+        self.cache.open_live(owner.as_i64(), authors, options).await
+    }
+
+    /// Brings a listener's registrations up to its owner's current follows; true if
+    /// the followed authors of merged posts changed.
+    pub async fn follow_live_authors(
+        &self,
+        owner: UserId,
+        feed: &mut LiveFeed,
+    ) -> Result<bool, StorageError> {
+        let authors = self.followed_merged_authors(owner).await?;
+        feed.follow_authors(authors).await
+    }
+
+    /// The authors `owner` follows that have posts merged on read.
+    async fn followed_merged_authors(&self, owner: UserId) -> Result<Vec<i64>, StorageError> {
+        sqlx::query_scalar(
+            "SELECT f.author_id FROM follows f WHERE f.user_id = $1 \
+               AND EXISTS (SELECT 1 FROM merged_posts m WHERE m.author_id = f.author_id)",
+        )
+        .bind(owner.as_i64())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| self.pg_error(source))
     }
 
     /// The live posts of `ids`, in that order: Redis's bodies, PostgreSQL's for the
