@@ -23,7 +23,10 @@ use tokio::process::Child;
 use feedstream_harness::Scrape;
 use graph::{Graph, Op};
 use load::{closed_loop, Target};
-use report::{Ceilings, Phase, PhaseCpu, ProcessorCost, Report, Transactions, Workload};
+use report::{
+    Ceilings, LimiterRun, Phase, PhaseCpu, ProcessorCost, RateLimiterAb, Report, Transactions,
+    Workload,
+};
 use system::{Component, CpuSnapshot, Feedstream};
 
 #[derive(Debug, Parser)]
@@ -77,6 +80,12 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     exactly_once_commit_interval_ms: u64,
 }
+
+/// The cache-hit phases: the first, the same on an api without rate limits, and the
+/// first again.
+const READS_HIT: &str = "reads: hits";
+const READS_HIT_UNLIMITED: &str = "reads: hits, no rate limits";
+const READS_HIT_AGAIN: &str = "reads: hits, rate limits again";
 
 /// How long any phase may take to drain before the bench gives up.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(900);
@@ -329,13 +338,24 @@ impl Bench {
             .run(&["topics", "create", "--partitions", &partitions])
             .await?;
         self.feedstream.run(&["migrate"]).await?;
-        let (api, base) = self.feedstream.spawn_api().await?;
+        let (api, base) = self.feedstream.spawn_api("api.log", &[]).await?;
+        // Idle until the rate limiter's A/B/A: the same reads, without limits.
+        let no_limits = [
+            ("FEEDSTREAM_READ_RATE_LIMIT", "off".to_string()),
+            ("FEEDSTREAM_WRITE_RATE_LIMIT", "off".to_string()),
+        ];
+        let (mut unlimited_api, unlimited_base) = self
+            .feedstream
+            .spawn_api("api-unlimited.log", &no_limits)
+            .await?;
         let mut processor = self.feedstream.spawn(&["process"], "process.log")?;
         let mut sink = self.feedstream.spawn(&["sink"], "sink.log")?;
         self.watch("api", &api);
         self.watch("process", &processor);
         self.watch("sink", &sink);
+        self.watch("api-unlimited", &unlimited_api);
         let target = Target::new(&base, args.connections, graph.users)?;
+        let unlimited = Target::new(&unlimited_base, args.connections, graph.users)?;
         self.api_url = base;
         let processor_pid = processor.id().context("the processor exited")?;
         self.await_tasks(args.partitions).await?;
@@ -404,8 +424,35 @@ impl Bench {
 
         say(&format!("phase: cache hits for {} s", args.read_seconds));
         let reads_hit = self.reads_hit(args, &target, &ceilings).await?;
-        self.phase_done("reads: hits");
+        self.phase_done(READS_HIT);
         let redis_memory = self.redis_memory().await?;
+        self.phase_done("redis memory");
+
+        say("phase: the rate limiter's cost, A/B/A: cache hits on a second api without rate limits, then on the first again");
+        let limited_url = std::mem::replace(&mut self.api_url, unlimited_base);
+        let reads_unlimited = self.reads_hit(args, &unlimited, &ceilings).await?;
+        self.phase_done(READS_HIT_UNLIMITED);
+        self.api_url = limited_url;
+        let reads_again = self.reads_hit(args, &target, &ceilings).await?;
+        self.phase_done(READS_HIT_AGAIN);
+        self.stop(&mut unlimited_api).await?;
+        let rate_limiter = RateLimiterAb {
+            runs: [
+                (READS_HIT, "api", true, &reads_hit),
+                (
+                    READS_HIT_UNLIMITED,
+                    "api-unlimited",
+                    false,
+                    &reads_unlimited,
+                ),
+                (READS_HIT_AGAIN, "api", true, &reads_again),
+            ]
+            .into_iter()
+            .map(|(phase, api, limited, reads)| {
+                LimiterRun::of(phase, api, limited, reads, &self.cpu)
+            })
+            .collect(),
+        };
 
         let processor_metrics = self.scrape(&self.process_url).await?;
         let feed_entries = processor_metrics.sum("fanout_entries_total", "");
@@ -515,6 +562,7 @@ impl Bench {
             transactions,
             reads_miss,
             reads_hit,
+            rate_limiter,
             redis_memory,
             restore,
             replay,

@@ -29,6 +29,8 @@ pub struct Report {
     pub transactions: Transactions,
     pub reads_miss: Reads,
     pub reads_hit: Reads,
+    /// The hit phase again without rate limits, then with them: what the limiter costs.
+    pub rate_limiter: RateLimiterAb,
     pub redis_memory: RedisMemory,
     pub restore: Restore,
     pub replay: Replay,
@@ -135,6 +137,53 @@ pub struct Reads {
     pub cache_hits: f64,
     pub cache_misses: f64,
     pub ratio_to_redis_ceiling: f64,
+}
+
+/// Cache hits with rate limits, on a second API without them, and on the first again
+/// (A/B/A, so that a drift of the machine shows as a difference between the two As).
+#[derive(Debug, Serialize)]
+pub struct RateLimiterAb {
+    pub runs: Vec<LimiterRun>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LimiterRun {
+    pub phase: &'static str,
+    pub rate_limits: bool,
+    pub pages_per_second: f64,
+    pub p99_ms: f64,
+    /// CPU of the API that served the phase, and of Redis, per page.
+    pub api_cpu_us_per_page: f64,
+    pub redis_cpu_us_per_page: f64,
+}
+
+impl LimiterRun {
+    /// The run of `phase`, served by the watched process `api`, from its reads and the
+    /// CPU the phases used.
+    pub fn of(
+        phase: &'static str,
+        api: &str,
+        rate_limits: bool,
+        reads: &Reads,
+        cpu: &[PhaseCpu],
+    ) -> Self {
+        let pages = (reads.requests.succeeded as f64).max(1.0);
+        let seconds_of = |process: &str| {
+            cpu.iter()
+                .find(|entry| entry.phase == phase)
+                .and_then(|entry| entry.cpu_seconds.get(process))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        Self {
+            phase,
+            rate_limits,
+            pages_per_second: reads.requests.per_second,
+            p99_ms: reads.requests.latency.p99_ms,
+            api_cpu_us_per_page: seconds_of(api) * 1e6 / pages,
+            redis_cpu_us_per_page: seconds_of("redis") * 1e6 / pages,
+        }
+    }
 }
 
 /// What the read cache costs Redis, from `MEMORY USAGE` of a sample of its keys after
@@ -643,6 +692,31 @@ impl Report {
             memory.bytes_per_post_body,
             memory.used_memory_bytes / 1e6
         );
+
+        let _ = writeln!(md, "## What the rate limiter costs a cached page\n");
+        let _ = writeln!(
+            md,
+            "The hit phase, then the same reads on a second API with `--read-rate-limit off`, \
+             then on the first again (A/B/A in one run).\n"
+        );
+        let _ = writeln!(
+            md,
+            "| Phase | Rate limits | Pages/s | p99 ms | API CPU µs/page | Redis CPU µs/page |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for run in &self.rate_limiter.runs {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.1} | {:.0} | {:.0} |",
+                run.phase,
+                if run.rate_limits { "on" } else { "off" },
+                figure(run.pages_per_second),
+                run.p99_ms,
+                run.api_cpu_us_per_page,
+                run.redis_cpu_us_per_page
+            );
+        }
+        let _ = writeln!(md);
 
         let _ = writeln!(md, "## Where the time goes\n");
         let _ = writeln!(

@@ -72,15 +72,16 @@ impl Feedstream {
         Ok(self.command(args, log, env)?.spawn()?)
     }
 
-    /// Starts `feedstream api` on a free port; returns it with its base URL.
-    pub async fn spawn_api(&self) -> anyhow::Result<(Child, String)> {
-        feedstream_harness::serve(self.command(
-            &["api", "--listen", "127.0.0.1:0"],
-            "api.log",
-            &[],
-        )?)
-        .await
-        .context("the api did not start; see its log")
+    /// Starts `feedstream api` on a free port, with `env` over the shared environment;
+    /// returns it with its base URL.
+    pub async fn spawn_api(
+        &self,
+        log: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<(Child, String)> {
+        feedstream_harness::serve(self.command(&["api", "--listen", "127.0.0.1:0"], log, env)?)
+            .await
+            .with_context(|| format!("the api did not start; see {log}"))
     }
 }
 
