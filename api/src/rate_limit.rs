@@ -1,13 +1,7 @@
 //! Rate limits per user and class of route, shared by every API instance: a GCRA
 //! (generic cell rate algorithm) whose one value per user and class, the theoretical
-//! arrival time, lives in Redis and is updated by a script on Redis's clock (so
-//! instances need not agree on the time).
-//!
-//! Concurrent requests share a script call: one task per instance sends the steps that
-//! queued while its previous call was in flight as one call, which takes them in order
-//! (so two requests of one user in a batch are counted as two). Under load a request
-//! costs Redis a key's read and write inside a script, not a call, a round trip and a
-//! script of its own; idle, a request waits for nothing but its own call.
+//! arrival time, lives in Redis and is updated by one script, one round trip, on
+//! Redis's clock (so instances need not agree on the time).
 //!
 //! A policy of `quota` requests per `window` lets a quiet user send the whole quota at
 //! once, then one request every `window / quota`. When Redis does not answer, requests
@@ -18,7 +12,6 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::Script;
-use tokio::sync::{mpsc, oneshot};
 
 /// Both classes, in the order of [`RateLimits::policies`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,60 +86,32 @@ impl Decision {
     }
 }
 
-/// GCRA steps, one per key. KEYS: a user's key for a class, per step. ARGV: per step,
-/// the emission interval and the window, both in microseconds. Returns, per step in
-/// order, {allowed, microseconds until a refused request may pass, microseconds of
-/// quota in use after this request}, flattened.
+/// One GCRA step. KEYS[1]: the user's key for a class. ARGV[1]: the emission interval,
+/// ARGV[2]: the window, both in microseconds. Returns {allowed, microseconds until a
+/// refused request may pass, microseconds of quota in use after this request}.
 const GCRA: &str = r#"
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
-local out = {}
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local window = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', key) or now)
-  if tat < now then tat = now end
-  local next_tat = tat + interval
-  if next_tat - window > now then
-    out[#out + 1] = 0
-    out[#out + 1] = next_tat - window - now
-    out[#out + 1] = tat - now
-  else
-    redis.call('SET', key, next_tat, 'PX', math.ceil((next_tat - now) / 1000))
-    out[#out + 1] = 1
-    out[#out + 1] = 0
-    out[#out + 1] = next_tat - now
-  end
+local interval = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local next_tat = tat + interval
+if next_tat - window > now then
+  return {0, next_tat - window - now, tat - now}
 end
-return out
+redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil((next_tat - now) / 1000))
+return {1, 0, next_tat - now}
 "#;
-
-/// Most steps in one script call.
-const MAX_BATCH: usize = 256;
-
-/// Steps waiting for the batching task, at most; beyond, a request waits to queue.
-const QUEUED_STEPS: usize = 4_096;
-
-/// The limiter's Redis did not answer: the request passes unchecked.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the rate limiter's Redis did not answer: {0}")]
-pub struct LimiterUnavailable(String);
-
-/// One request's step, and where its answer goes.
-struct Step {
-    key: String,
-    interval: u64,
-    window: u64,
-    answer: oneshot::Sender<Result<(i64, i64, i64), LimiterUnavailable>>,
-}
 
 /// The limits of each class; `None`: unlimited.
 #[derive(Clone)]
 pub struct RateLimits {
+    redis: ConnectionManager,
     prefix: String,
     writes: Option<Policy>,
     reads: Option<Policy>,
-    steps: mpsc::Sender<Step>,
+    script: Script,
 }
 
 /// The Redis URL of the limiter is not a URL: a configuration error, never retriable.
@@ -162,7 +127,7 @@ impl InvalidRedisUrl {
 
 impl RateLimits {
     /// Limits kept in the Redis at `url` under `prefix`; nothing connects before the
-    /// first request. Starts the batching task, so it runs within a Tokio runtime.
+    /// first request.
     pub fn connect(
         url: &str,
         prefix: &str,
@@ -176,13 +141,12 @@ impl RateLimits {
             .set_number_of_retries(0);
         let redis =
             ConnectionManager::new_lazy_with_config(client, config).map_err(InvalidRedisUrl)?;
-        let (steps, queued) = mpsc::channel(QUEUED_STEPS);
-        tokio::spawn(take_steps(redis, queued));
         Ok(Self {
+            redis,
             prefix: prefix.to_string(),
             writes,
             reads,
-            steps,
+            script: Script::new(GCRA),
         })
     }
 
@@ -199,54 +163,22 @@ impl RateLimits {
         &self,
         class: RouteClass,
         user: u64,
-    ) -> Result<Option<Decision>, LimiterUnavailable> {
+    ) -> Result<Option<Decision>, redis::RedisError> {
         let Some(policy) = self.policy(class) else {
             return Ok(None);
         };
-        let (answer, answered) = oneshot::channel();
-        let step = Step {
-            key: format!("{}ratelimit:{}:{user}", self.prefix, class.name()),
-            interval: policy.interval_micros(),
-            window: policy.window.as_micros() as u64,
-            answer,
-        };
-        let gone = || LimiterUnavailable("the limiter's batching task is gone".into());
-        self.steps.send(step).await.map_err(|_| gone())?;
-        let (allowed, wait, used) = answered.await.map_err(|_| gone())??;
+        let key = format!("{}ratelimit:{}:{user}", self.prefix, class.name());
+        let interval = policy.interval_micros();
+        let window = policy.window.as_micros() as u64;
+        let mut redis = self.redis.clone();
+        let (allowed, wait, used): (i64, i64, i64) = self
+            .script
+            .key(key)
+            .arg(interval)
+            .arg(window)
+            .invoke_async(&mut redis)
+            .await?;
         Ok(Some(decide(class, policy, allowed == 1, wait, used)))
-    }
-}
-
-/// Takes the queued steps, as many as are waiting (up to [`MAX_BATCH`]), in one script
-/// call at a time, until every [`RateLimits`] is dropped.
-async fn take_steps(mut redis: ConnectionManager, mut queued: mpsc::Receiver<Step>) {
-    let script = Script::new(GCRA);
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queued.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut invocation = script.prepare_invoke();
-        for step in &batch {
-            invocation
-                .key(&step.key)
-                .arg(step.interval)
-                .arg(step.window);
-        }
-        let answers: Result<Vec<i64>, _> = invocation.invoke_async(&mut redis).await;
-        match answers {
-            // A step without its answer (never, from this script) fails with its
-            // dropped sender: it passes unchecked.
-            Ok(answers) => {
-                for (step, answer) in batch.drain(..).zip(answers.chunks_exact(3)) {
-                    let _ = step.answer.send(Ok((answer[0], answer[1], answer[2])));
-                }
-                batch.clear();
-            }
-            Err(error) => {
-                let error = LimiterUnavailable(error.to_string());
-                for step in batch.drain(..) {
-                    let _ = step.answer.send(Err(error.clone()));
-                }
-            }
-        }
     }
 }
 
