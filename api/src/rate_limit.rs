@@ -1,7 +1,9 @@
 //! Rate limits per user and class of route, shared by every API instance: a GCRA
 //! (generic cell rate algorithm) whose one value per user and class, the theoretical
-//! arrival time, lives in Redis and is updated by one script, one round trip, on
-//! Redis's clock (so instances need not agree on the time).
+//! arrival time, lives in Redis and is updated by a script, on Redis's clock (so
+//! instances need not agree on the time). The step is `feedstream_read::rate_step`'s:
+//! a feed page takes it within its page script, every other request in a script of
+//! its own, one round trip either way.
 //!
 //! A policy of `quota` requests per `window` lets a quiet user send the whole quota at
 //! once, then one request every `window / quota`. When Redis does not answer, requests
@@ -10,6 +12,7 @@
 
 use std::time::Duration;
 
+use feedstream_read::rate_step::{RateStep, StepAnswer, GCRA_LUA};
 use redis::aio::ConnectionManager;
 use redis::Script;
 
@@ -86,23 +89,9 @@ impl Decision {
     }
 }
 
-/// One GCRA step. KEYS[1]: the user's key for a class. ARGV[1]: the emission interval,
-/// ARGV[2]: the window, both in microseconds. Returns {allowed, microseconds until a
-/// refused request may pass, microseconds of quota in use after this request}.
-const GCRA: &str = r#"
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
-local interval = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local next_tat = tat + interval
-if next_tat - window > now then
-  return {0, next_tat - window - now, tat - now}
-end
-redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil((next_tat - now) / 1000))
-return {1, 0, next_tat - now}
-"#;
+/// One GCRA step ([`GCRA_LUA`]). KEYS[1]: the user's key for a class. ARGV[1]: the
+/// emission interval, ARGV[2]: the window, both in microseconds.
+const CHECK: &str = "return gcra(KEYS[1], ARGV[1], ARGV[2])";
 
 /// The limits of each class; `None`: unlimited.
 #[derive(Clone)]
@@ -146,7 +135,7 @@ impl RateLimits {
             prefix: prefix.to_string(),
             writes,
             reads,
-            script: Script::new(GCRA),
+            script: Script::new(&format!("{GCRA_LUA}{CHECK}")),
         })
     }
 
@@ -157,6 +146,30 @@ impl RateLimits {
         }
     }
 
+    /// The step that counts one request of `user` in `class`; `None` when the class is
+    /// unlimited. The feed route has the page script take it ([`feedstream_read`]);
+    /// [`Self::check`] takes it alone.
+    pub fn step(&self, class: RouteClass, user: u64) -> Option<RateStep> {
+        let policy = self.policy(class)?;
+        Some(RateStep {
+            key: format!("{}ratelimit:{}:{user}", self.prefix, class.name()),
+            interval_micros: policy.interval_micros(),
+            window_micros: policy.window.as_micros() as u64,
+        })
+    }
+
+    /// What a step of `class` answered means for its request.
+    pub fn decision(&self, class: RouteClass, answer: StepAnswer) -> Option<Decision> {
+        let policy = self.policy(class)?;
+        Some(decide(
+            class,
+            policy,
+            answer.allowed,
+            answer.wait_micros,
+            answer.used_micros,
+        ))
+    }
+
     /// Counts one request of `user` in `class`: `Ok(None)` when the class is unlimited,
     /// `Err` when Redis did not answer (the caller lets the request pass).
     pub async fn check(
@@ -164,21 +177,24 @@ impl RateLimits {
         class: RouteClass,
         user: u64,
     ) -> Result<Option<Decision>, redis::RedisError> {
-        let Some(policy) = self.policy(class) else {
+        let Some(step) = self.step(class, user) else {
             return Ok(None);
         };
-        let key = format!("{}ratelimit:{}:{user}", self.prefix, class.name());
-        let interval = policy.interval_micros();
-        let window = policy.window.as_micros() as u64;
         let mut redis = self.redis.clone();
-        let (allowed, wait, used): (i64, i64, i64) = self
+        let answer: Vec<i64> = self
             .script
-            .key(key)
-            .arg(interval)
-            .arg(window)
+            .key(&step.key)
+            .arg(step.interval_micros)
+            .arg(step.window_micros)
             .invoke_async(&mut redis)
             .await?;
-        Ok(Some(decide(class, policy, allowed == 1, wait, used)))
+        let answer = StepAnswer::of(&answer).ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "the GCRA step answered no triple",
+            ))
+        })?;
+        Ok(self.decision(class, answer))
     }
 }
 

@@ -79,8 +79,10 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
     let metrics = state.metrics.clone();
     // Paths before methods: an unknown path is a 404, a known one with the wrong
     // method a 405.
-    let writer = caller(state.clone(), RouteClass::Writes);
-    let reader = caller(state.clone(), RouteClass::Reads);
+    let writer = caller(state.clone(), Some(RouteClass::Writes));
+    let reader = caller(state.clone(), Some(RouteClass::Reads));
+    // A feed page counts its read against the limit in its own Redis call.
+    let page_reader = caller(state.clone(), None);
     let with_state = warp::any().map(move || state.clone());
 
     let create_post = warp::path!("posts")
@@ -111,7 +113,7 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and_then(unfollow);
     let feed = warp::path!("feeds" / String)
         .and(warp::get())
-        .and(reader.clone())
+        .and(page_reader)
         .and(warp::query::<FeedQuery>())
         .and(with_state.clone())
         .and_then(feed);
@@ -210,17 +212,20 @@ impl Caller {
 }
 
 /// The calling user, the subject of the request's bearer token, within its rate limit
-/// for `class`.
+/// for `class` (`None`: the route counts the request itself).
 fn caller(
     state: ApiState,
-    class: RouteClass,
+    class: Option<RouteClass>,
 ) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization").and_then(move |value: Option<String>| {
         let verified = authenticate(&state, value.as_deref());
         let state = state.clone();
         async move {
             let user = verified.map_err(reject)?;
-            let decision = admit(&state, class, user).await.map_err(reject)?;
+            let decision = match class {
+                Some(class) => admit(&state, class, user).await.map_err(reject)?,
+                None => None,
+            };
             Ok::<_, Rejection>(Caller { user, decision })
         }
     })
@@ -233,23 +238,29 @@ async fn admit(
     user: UserId,
 ) -> Result<Option<Decision>, ApiError> {
     match state.limits.check(class, user.get()).await {
-        Ok(Some(decision)) if !decision.allowed => {
-            state
-                .metrics
-                .rate_limited
-                .get_or_create(&ClassLabel {
-                    class: class.name(),
-                })
-                .inc();
-            Err(ApiError::rate_limited(&decision))
-        }
-        Ok(decision) => Ok(decision),
+        Ok(Some(decision)) => judge(state, decision).map(Some),
+        Ok(None) => Ok(None),
         Err(error) => {
             state.metrics.rate_limit_errors.inc();
             tracing::debug!(%error, "rate limiter's Redis unavailable; the request passes unchecked");
             Ok(None)
         }
     }
+}
+
+/// The limiter's decision for a request: a refusal is a 429 (and counted).
+fn judge(state: &ApiState, decision: Decision) -> Result<Decision, ApiError> {
+    if decision.allowed {
+        return Ok(decision);
+    }
+    state
+        .metrics
+        .rate_limited
+        .get_or_create(&ClassLabel {
+            class: decision.class.name(),
+        })
+        .inc();
+    Err(ApiError::rate_limited(&decision))
 }
 
 fn authenticate(state: &ApiState, authorization: Option<&str>) -> Result<UserId, ApiError> {
@@ -596,11 +607,28 @@ async fn feed(
         min_id: query.min_id,
         limit,
     };
-    let page = state
+    let step = state.limits.step(RouteClass::Reads, user.get());
+    let counted = state
         .reader
-        .page(user, &request)
+        .counted_page(user, &request, step.as_ref())
         .await
         .map_err(storage_unavailable)?;
+    let decision = match counted.answer {
+        Some(answer) => state.limits.decision(RouteClass::Reads, answer),
+        None => {
+            if step.is_some() {
+                // Redis did not answer: the page came from PostgreSQL, unchecked.
+                state.metrics.rate_limit_errors.inc();
+            }
+            None
+        }
+    };
+    let decision = decision
+        .map(|decision| judge(&state, decision))
+        .transpose()
+        .map_err(reject)?;
+    let caller = Caller { decision, ..caller };
+    let page = counted.page.unwrap_or_default();
     let mut response = warp::reply::json(&page.posts).into_response();
     if let Some(link) = link_header(user, limit, &page) {
         if let Ok(value) = warp::http::HeaderValue::from_str(&link) {

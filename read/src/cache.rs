@@ -27,6 +27,7 @@ use redis::Script;
 use crate::layout::{self, member};
 use crate::live::{LiveFeed, LiveOptions, Opened, LIVE_CAP};
 use crate::range::IdRange;
+use crate::rate_step::{RateStep, StepAnswer, GCRA_LUA};
 use crate::redact::redact;
 use crate::StorageError;
 
@@ -176,8 +177,10 @@ return 1
 
 /// Everything Redis knows of one page, in one round trip. KEYS: the feed and its meta,
 /// the reader's follows and their meta, the set of authors with merged posts and its
-/// meta, the reader's own pending posts. ARGV: key prefix, limit, oldest first (`1`),
-/// exclusive lower and upper bounds as members (`""`: none).
+/// meta, the reader's own pending posts, and, to count the read against the reader's
+/// rate limit first, the limit's key. ARGV: key prefix, limit, oldest first (`1`),
+/// exclusive lower and upper bounds as members (`""`: none), and with the limit's key
+/// its interval and window (appended to [`GCRA_LUA`], which defines `gcra`).
 ///
 /// Only followed authors with merged posts are looked at: the script walks the smaller
 /// of the reader's follows and the set of such authors.
@@ -187,8 +190,16 @@ return 1
 /// posts; authors whose merged posts are not cached, each followed by its generation;
 /// the page the cached parts give and the bodies of its posts (nil where not cached);
 /// the pending posts of the range (their bodies stand in the page's where `post:` has
-/// none).
+/// none); the limit step's answer ({} without one). A refused read returns at once,
+/// every part empty and not cached.
 const PAGE: &str = r#"
+local counted = {}
+if KEYS[8] then
+  counted = gcra(KEYS[8], ARGV[6], ARGV[7])
+  if counted[1] == 0 then
+    return {{0, '', '', {}}, {0, ''}, {0, ''}, 0, {}, {}, {}, {}, {}, counted}
+  end
+end
 local prefix, limit, oldest = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local lower, upper = ARGV[4], ARGV[5]
 local function slice(key, low, inclusive)
@@ -267,7 +278,7 @@ if #page > 0 then
 end
 return {{feed[1] and 1 or 0, feed[2] or '', feed[3] or '', entries},
   {follows[1] and 1 or 0, follows[2] or ''}, {authors[1] and 1 or 0, authors[2] or ''},
-  complete, merged, unknown, page, bodies, pending}
+  complete, merged, unknown, page, bodies, pending, counted}
 "#;
 
 /// One Redis operation a PostgreSQL write implies, in order.
@@ -380,6 +391,7 @@ type PageReply = (
     Vec<String>,
     Vec<Option<String>>,
     Vec<String>,
+    Vec<i64>,
 );
 
 /// The read cache in Redis: its writes (the sink), page reads and fills (the reader).
@@ -415,7 +427,7 @@ impl FeedCache {
             prefix: prefix.to_string(),
             target: redact(url),
             cap,
-            page_script: Script::new(PAGE),
+            page_script: Script::new(&format!("{GCRA_LUA}{PAGE}")),
             fill_set_script: Script::new(FILL_SET),
             fill_follows_script: Script::new(FILL_FOLLOWS),
             fill_authors_script: Script::new(FILL_AUTHORS),
@@ -550,12 +562,14 @@ impl FeedCache {
             .map_err(|source| self.error(source))
     }
 
-    /// Reads what Redis holds of a page of `owner`'s feed, in one round trip.
+    /// Reads what Redis holds of a page of `owner`'s feed, in one round trip, after
+    /// counting the read against `step`'s limit if given: a refused read reads nothing.
     pub(crate) async fn page(
         &self,
         owner: i64,
         range: &IdRange,
-    ) -> Result<CachedPage, StorageError> {
+        step: Option<&RateStep>,
+    ) -> Result<(CachedPage, Option<StepAnswer>), StorageError> {
         let bound = |id: Option<i64>| id.map(member).unwrap_or_default();
         let lower = bound(range.lower);
         let mut invocation = self.page_script.prepare_invoke();
@@ -572,6 +586,12 @@ impl FeedCache {
             .arg(if range.oldest_first { "1" } else { "0" })
             .arg(&lower)
             .arg(bound(range.upper));
+        if let Some(step) = step {
+            invocation
+                .key(&step.key)
+                .arg(step.interval_micros)
+                .arg(step.window_micros);
+        }
         let mut redis = self.redis.clone();
         let (
             (feed_cached, feed_generation, floor, entries),
@@ -583,6 +603,7 @@ impl FeedCache {
             page,
             bodies,
             pending,
+            counted,
         ): PageReply = invocation
             .invoke_async(&mut redis)
             .await
@@ -635,12 +656,15 @@ impl FeedCache {
                 Some((post_id, body))
             })
             .collect();
-        Ok(CachedPage {
-            entries,
-            merged,
-            bodies,
-            pending: ids(&pending),
-        })
+        Ok((
+            CachedPage {
+                entries,
+                merged,
+                bodies,
+                pending: ids(&pending),
+            },
+            StepAnswer::of(&counted),
+        ))
     }
 
     /// Records a post the API accepted, with its body, in its author's pending hash, so

@@ -11,6 +11,7 @@ pub mod layout;
 pub mod live;
 mod metrics;
 mod range;
+pub mod rate_step;
 mod reader;
 mod redact;
 
@@ -21,5 +22,5 @@ pub use cache::{
 pub use database::{connect_postgres, migrate};
 pub use error::StorageError;
 pub use metrics::ReadMetrics;
-pub use reader::{FeedPage, FeedPost, FeedReader, PageRequest};
+pub use reader::{CountedPage, FeedPage, FeedPost, FeedReader, PageRequest};
 pub use redact::redact;

@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use crate::cache::{Body, CachedEntries, CachedMerged, CachedPost, FeedCache};
 use crate::live::{LiveFeed, LiveOptions, Opened};
 use crate::range::IdRange;
+use crate::rate_step::{RateStep, StepAnswer};
 use crate::redact::redact;
 use crate::{ReadMetrics, StorageError};
 
@@ -38,7 +39,7 @@ pub struct PageRequest {
 }
 
 /// A page of a feed and its cursors.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FeedPage {
     pub posts: Vec<FeedPost>,
     /// Newest and oldest id the page covered, for its `prev` and `next` links. They can
@@ -46,6 +47,14 @@ pub struct FeedPage {
     /// was deleted, or has not reached PostgreSQL yet, is skipped but still passed.
     pub newest: Option<PostId>,
     pub oldest: Option<PostId>,
+}
+
+/// A page read with its rate limit step: no page when the limit refused the read; no
+/// answer when there was no step or Redis did not answer.
+#[derive(Debug, Clone)]
+pub struct CountedPage {
+    pub page: Option<FeedPage>,
+    pub answer: Option<StepAnswer>,
 }
 
 /// Reads pages of feeds.
@@ -76,14 +85,33 @@ impl FeedReader {
         user: UserId,
         request: &PageRequest,
     ) -> Result<FeedPage, StorageError> {
+        let counted = self.counted_page(user, request, None).await?;
+        Ok(counted.page.unwrap_or_default())
+    }
+
+    /// A page as [`Self::page`] reads it, its read counted against `step`'s rate limit
+    /// in the same Redis call: no page if the limit refuses it. Without Redis the page
+    /// comes from PostgreSQL and the step is not taken (the limiter fails open).
+    pub async fn counted_page(
+        &self,
+        user: UserId,
+        request: &PageRequest,
+        step: Option<&RateStep>,
+    ) -> Result<CountedPage, StorageError> {
         let range = IdRange::of(request);
         let owner = user.as_i64();
-        let cached = match self.cache.page(owner, &range).await {
-            Ok(cached) => Some(cached),
+        let (cached, answer) = match self.cache.page(owner, &range, step).await {
+            Ok((_, Some(answer))) if !answer.allowed => {
+                return Ok(CountedPage {
+                    page: None,
+                    answer: Some(answer),
+                })
+            }
+            Ok((cached, answer)) => (Some(cached), answer),
             Err(error) => {
                 self.metrics.cache_errors.inc();
                 tracing::warn!(%error, "Redis unavailable; reading the feed from PostgreSQL");
-                None
+                (None, None)
             }
         };
         let mut from_redis = false;
@@ -119,10 +147,13 @@ impl FeedReader {
         }
         let id =
             |value: Option<&i64>| value.and_then(|v| PostId::new(u64::try_from(*v).ok()?).ok());
-        Ok(FeedPage {
-            posts,
-            newest: id(ids.first()),
-            oldest: id(ids.last()),
+        Ok(CountedPage {
+            page: Some(FeedPage {
+                posts,
+                newest: id(ids.first()),
+                oldest: id(ids.last()),
+            }),
+            answer,
         })
     }
 
