@@ -64,13 +64,21 @@ if resume == '' then return {0, id} end
 return {2, id}
 "#;
 
+/// Lua that sets `time` (Redis's TIME) and `now`, Redis's clock in milliseconds: the
+/// scripts below keep their leases and registrations on it.
+macro_rules! redis_now_ms {
+    () => {
+        "local time = redis.call('TIME')\nlocal now = time[1] * 1000 + math.floor(time[2] / 1000)\n"
+    };
+}
+
 /// Registers an owner (ARGV[1]) with the followed authors of merged posts (ARGV[4..])
 /// until ARGV[2] seconds from now, and drops its registrations with the others. KEYS:
 /// the owner's `liveauthors:` hash; ARGV[3]: the stem of `livelisteners:` keys. Returns
 /// the latest millisecond since which one of those authors has been registered (0: none).
-const REGISTER: &str = r#"
-local time = redis.call('TIME')
-local now = time[1] * 1000 + math.floor(time[2] / 1000)
+const REGISTER: &str = concat!(
+    redis_now_ms!(),
+    r#"
 local lapse = time[1] + tonumber(ARGV[2])
 local followed = {}
 local since = 0
@@ -91,29 +99,32 @@ for _, author in ipairs(redis.call('HKEYS', KEYS[1])) do
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return since
-"#;
+"#
+);
 
 /// Takes a lease for one more listener of a feed unless ARGV[1] hold one. KEYS: the
 /// feed's `livestreams:` set, the lease counter; ARGV[2]: the lease in milliseconds.
 /// Returns the lease's id, or 0.
-const ACQUIRE: &str = r#"
-local time = redis.call('TIME')
-local now = time[1] * 1000 + math.floor(time[2] / 1000)
+const ACQUIRE: &str = concat!(
+    redis_now_ms!(),
+    r#"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 local id = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return id
-"#;
+"#
+);
 
 /// Renews lease ARGV[1] of a feed's `livestreams:` set (KEYS[1]) for ARGV[2] ms.
-const RENEW: &str = r#"
-local time = redis.call('TIME')
-local now = time[1] * 1000 + math.floor(time[2] / 1000)
+const RENEW: &str = concat!(
+    redis_now_ms!(),
+    r#"
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-"#;
+"#
+);
 
 /// How a listener is opened.
 #[derive(Debug, Clone)]
