@@ -130,6 +130,30 @@ fn parse(block: &str) -> SseEvent {
     event
 }
 
+/// Closes `listener`, has `author` post while it is away, and reopens it on `base`
+/// with `last_seen` as its Last-Event-ID: it must resume there and get the missed post.
+async fn resume_after_a_missed_post(
+    listener: Listener,
+    client: &mut Client,
+    base: &str,
+    owner: u64,
+    author: u64,
+    last_seen: &str,
+) -> anyhow::Result<Listener> {
+    drop(listener);
+    let missed = client.post(author, "while away").await?;
+    eventually(DEADLINE, "the post reaches the owner's feed", || async {
+        Ok(client.feed(owner).await?.contains(&missed))
+    })
+    .await?;
+    let mut listener = Listener::open(base, owner, Some(last_seen)).await?;
+    let ready = listener.next_named("ready").await?;
+    assert_eq!(ready.data, r#"{"resumed":true}"#);
+    assert_eq!(ready.id.as_deref(), Some(last_seen));
+    listener.change_of("added", missed).await?;
+    Ok(listener)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_feed_streams_changes_across_instances_and_resumes_without_a_gap(
 ) -> anyhow::Result<()> {
@@ -170,17 +194,8 @@ async fn a_live_feed_streams_changes_across_instances_and_resumes_without_a_gap(
     }
 
     // Away, a post arrives; back with Last-Event-ID, the listener gets it.
-    drop(listener);
-    let missed = client.post(1, "while away").await?;
-    eventually(DEADLINE, "the post reaches user 2's feed", || async {
-        Ok(client.feed(2).await?.contains(&missed))
-    })
-    .await?;
-    let mut listener = Listener::open(&reads, 2, Some(&last_seen)).await?;
-    let ready = listener.next_named("ready").await?;
-    assert_eq!(ready.data, r#"{"resumed":true}"#);
-    assert_eq!(ready.id.as_deref(), Some(last_seen.as_str()));
-    listener.change_of("added", missed).await?;
+    let _resumed =
+        resume_after_a_missed_post(listener, &mut client, &reads, 2, 1, &last_seen).await?;
 
     // What the stream no longer holds (an id before it began) is a reset.
     let mut stale = Listener::open(&writes, 2, Some("1-0")).await?;
@@ -258,16 +273,8 @@ async fn a_live_feed_streams_the_posts_of_followed_celebrities_merged_on_read() 
     let last_seen = removed.id.context("a removal has an id")?;
 
     // Away, the celebrity posts; back with Last-Event-ID, the listener gets it.
-    drop(listener);
-    let missed = client.post(1, "while away").await?;
-    eventually(DEADLINE, "the post reaches user 2's feed", || async {
-        Ok(client.feed(2).await?.contains(&missed))
-    })
-    .await?;
-    let mut listener = Listener::open(&base, 2, Some(&last_seen)).await?;
-    let ready = listener.next_named("ready").await?;
-    assert_eq!(ready.data, r#"{"resumed":true}"#);
-    listener.change_of("added", missed).await?;
+    let mut listener =
+        resume_after_a_missed_post(listener, &mut client, &base, 2, 1, &last_seen).await?;
 
     // A newly followed celebrity is a reset (the listener missed its posts before), then
     // its posts stream too.
