@@ -8,14 +8,14 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: &'static str,
-    pub method: String,
+    pub method: &'static str,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: &'static str,
-    pub method: String,
+    pub method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -143,12 +143,9 @@ impl ApiMetrics {
     }
 
     pub fn observe(&self, route: &'static str, method: &str, status: u16, seconds: f64) {
-        let method = method.to_string();
+        let method = method_label(method);
         self.duration
-            .get_or_create(&RouteLabels {
-                route,
-                method: method.clone(),
-            })
+            .get_or_create(&RouteLabels { route, method })
             .observe(seconds);
         self.requests
             .get_or_create(&RequestLabels {
@@ -157,5 +154,30 @@ impl ApiMetrics {
                 status,
             })
             .inc();
+    }
+}
+
+/// The label of a request method: the methods of HTTP itself by name, any other as
+/// `other`, so a client cannot add series by inventing methods.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::method_label;
+
+    #[test]
+    fn methods_of_http_keep_their_name_and_invented_ones_are_other() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("DELETE"), "DELETE");
+        assert_eq!(method_label("BREW"), "other");
+        assert_eq!(method_label("get"), "other");
     }
 }

@@ -17,14 +17,16 @@ pub const ROUTES: &[(&str, &[&str])] = &[
 
 /// The route of a path: its template and methods.
 fn route(path: &str) -> Option<&'static (&'static str, &'static [&'static str])> {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     ROUTES.iter().find(|(template, _)| {
-        let parts: Vec<&str> = template.trim_matches('/').split('/').collect();
-        parts.len() == segments.len()
-            && parts
-                .iter()
-                .zip(&segments)
-                .all(|(part, segment)| part.starts_with('{') || part == segment)
+        let mut parts = template.trim_matches('/').split('/');
+        let mut segments = path.trim_matches('/').split('/');
+        loop {
+            match (parts.next(), segments.next()) {
+                (None, None) => return true,
+                (Some(part), Some(segment)) if part.starts_with('{') || part == segment => {}
+                _ => return false,
+            }
+        }
     })
 }
 

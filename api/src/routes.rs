@@ -29,7 +29,6 @@ const DEFAULT_PAGE_SIZE: usize = 20;
 const MAX_PAGE_SIZE: usize = 100;
 
 /// What the handlers share.
-#[derive(Clone)]
 pub struct ApiState {
     pub publisher: Arc<EventPublisher>,
     pub reader: FeedReader,
@@ -77,6 +76,8 @@ pub async fn serve(
 
 pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let metrics = state.metrics.clone();
+    // Filters clone what they capture per request: one pointer, not the state's scripts.
+    let state = Arc::new(state);
     // Paths before methods: an unknown path is a 404, a known one with the wrong
     // method a 405.
     let writer = caller(state.clone(), Some(RouteClass::Writes));
@@ -134,7 +135,7 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
     let metrics_route = warp::path!("metrics")
         .and(warp::get())
         .and(with_state)
-        .map(|state: ApiState| metrics_text(&state.registry));
+        .map(|state: Arc<ApiState>| metrics_text(&state.registry));
 
     create_post
         .or(delete_post)
@@ -214,7 +215,7 @@ impl Caller {
 /// The calling user, the subject of the request's bearer token, within its rate limit
 /// for `class` (`None`: the route counts the request itself).
 fn caller(
-    state: ApiState,
+    state: Arc<ApiState>,
     class: Option<RouteClass>,
 ) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization").and_then(move |value: Option<String>| {
@@ -490,7 +491,7 @@ async fn create_post(
     caller: Caller,
     key: Option<String>,
     post: NewPost,
-    state: ApiState,
+    state: Arc<ApiState>,
 ) -> Result<warp::reply::Response, Rejection> {
     validate_content(&post.content).map_err(|invalid| {
         reject(ApiError::bad_request(
@@ -509,7 +510,7 @@ async fn delete_post(
     post_id: String,
     caller: Caller,
     key: Option<String>,
-    state: ApiState,
+    state: Arc<ApiState>,
 ) -> Result<warp::reply::Response, Rejection> {
     let user = caller.user;
     let post_id = post_id.parse::<PostId>().map_err(|error| {
@@ -551,7 +552,7 @@ async fn follow(
     caller: Caller,
     key: Option<String>,
     body: NewFollow,
-    state: ApiState,
+    state: Arc<ApiState>,
 ) -> Result<warp::reply::Response, Rejection> {
     let request = serde_json::json!({ "route": "POST /follows", "followee_id": body.followee_id });
     let event = state.publisher.followed(caller.user, body.followee_id);
@@ -562,7 +563,7 @@ async fn unfollow(
     followee: String,
     caller: Caller,
     key: Option<String>,
-    state: ApiState,
+    state: Arc<ApiState>,
 ) -> Result<warp::reply::Response, Rejection> {
     let followee = path_user(&followee)?;
     let request = serde_json::json!({ "route": "DELETE /follows", "followee_id": followee });
@@ -591,7 +592,7 @@ async fn feed(
     user: String,
     caller: Caller,
     query: FeedQuery,
-    state: ApiState,
+    state: Arc<ApiState>,
 ) -> Result<warp::reply::Response, Rejection> {
     let user = own_feed(&state, &caller, &user)?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
@@ -644,7 +645,7 @@ async fn feed_stream(
     user: String,
     caller: Caller,
     last_event_id: Option<String>,
-    state: ApiState,
+    state: Arc<ApiState>,
 ) -> Result<warp::reply::Response, Rejection> {
     let user = own_feed(&state, &caller, &user)?;
     let refused = |reason: &'static str, error: ApiError| {
@@ -709,7 +710,7 @@ fn link_header(user: UserId, limit: usize, page: &FeedPage) -> Option<String> {
     ))
 }
 
-async fn health_check(state: ApiState) -> warp::reply::Response {
+async fn health_check(state: Arc<ApiState>) -> warp::reply::Response {
     let report = health(state.publisher.clone(), &state.reader).await;
     let status = if report.is_ok() {
         StatusCode::OK

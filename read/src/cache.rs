@@ -202,16 +202,20 @@ if KEYS[8] then
 end
 local prefix, limit, oldest = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local lower, upper = ARGV[4], ARGV[5]
-local function slice(key, low, inclusive)
+local function slice(key, low, inclusive, high)
   local lo, hi = '-', '+'
   if low ~= '' then lo = (inclusive and '[' or '(') .. low end
-  if upper ~= '' then hi = '(' .. upper end
+  if high ~= '' then hi = '(' .. high end
   if oldest then return redis.call('ZRANGEBYLEX', key, lo, hi, 'LIMIT', 0, limit) end
   return redis.call('ZREVRANGEBYLEX', key, hi, lo, 'LIMIT', 0, limit)
 end
 local feed = redis.call('HMGET', KEYS[2], 'c', 'g', 'f')
 local entries = {}
-if feed[1] then entries = slice(KEYS[1], lower, false) end
+if feed[1] then entries = slice(KEYS[1], lower, false, upper) end
+-- A merged post beyond the page's last cached entry cannot be on the page (the true
+-- entries of the range include the cached ones), so the slices stop there.
+local cut = ''
+if #entries == limit then cut = entries[limit] end
 local pending, pending_bodies = {}, {}
 local own = redis.call('HGETALL', KEYS[7])
 for i = 1, #own, 2 do
@@ -231,9 +235,12 @@ local function take(author, floor)
     unknown[#unknown + 1] = meta[2] or ''
     return
   end
-  local low, inclusive = lower, false
+  local low, inclusive, high = lower, false, upper
   if floor > lower then low, inclusive = floor, true end
-  local ids = slice(prefix .. 'merged:' .. author, low, inclusive)
+  if cut ~= '' then
+    if oldest then high = cut elseif cut >= low then low, inclusive = cut, false end
+  end
+  local ids = slice(prefix .. 'merged:' .. author, low, inclusive, high)
   local f = meta[3] or ''
   if not (f == '' or (not oldest and #ids == limit) or (low ~= '' and low >= f)) then
     complete = 0
@@ -243,9 +250,13 @@ end
 if follows[1] and authors[1] then
   complete = 1
   if redis.call('SCARD', KEYS[5]) <= redis.call('HLEN', KEYS[3]) then
-    for _, author in ipairs(redis.call('SMEMBERS', KEYS[5])) do
-      local floor = redis.call('HGET', KEYS[3], author)
-      if floor then take(author, floor) end
+    local merging = redis.call('SMEMBERS', KEYS[5])
+    for i = 1, #merging, 1000 do
+      local last = math.min(i + 999, #merging)
+      local floors = redis.call('HMGET', KEYS[3], unpack(merging, i, last))
+      for j = i, last do
+        if floors[j - i + 1] then take(merging[j], floors[j - i + 1]) end
+      end
     end
   else
     local list = redis.call('HGETALL', KEYS[3])
