@@ -183,11 +183,14 @@ return 1
 /// its interval and window (appended to [`GCRA_LUA`], which defines `gcra`).
 ///
 /// Only followed authors with merged posts are looked at: the script walks the smaller
-/// of the reader's follows and the set of such authors.
+/// of the reader's follows and the set of such authors. It builds the page as it goes
+/// (entries, pending posts, then each author's slice, merged in page order), and once
+/// the page is full an author's slice stops at its last id: the cost of a page grows
+/// with what can still be on it, not with the limit times the authors.
 ///
 /// Returns: {feed cached, generation, floor, entries}; {follows cached, generation};
 /// {authors cached, generation}; whether the merged posts are complete; the merged
-/// posts; authors whose merged posts are not cached, each followed by its generation;
+/// posts the slices read (every one that can be on the page); authors whose merged posts are not cached, each followed by its generation;
 /// the page the cached parts give and the bodies of its posts (nil where not cached);
 /// the pending posts of the range (their bodies stand in the page's where `post:` has
 /// none); the limit step's answer ({} without one). A refused read returns at once,
@@ -209,13 +212,30 @@ local function slice(key, low, inclusive, high)
   if oldest then return redis.call('ZRANGEBYLEX', key, lo, hi, 'LIMIT', 0, limit) end
   return redis.call('ZREVRANGEBYLEX', key, hi, lo, 'LIMIT', 0, limit)
 end
+-- Ids in page order: newest first unless oldest.
+local function before(a, b)
+  if oldest then return a < b end
+  return a > b
+end
+-- The first `limit` distinct ids of two lists in page order, in page order.
+local function merge(xs, ys)
+  local out, i, j = {}, 1, 1
+  while #out < limit and (xs[i] or ys[j]) do
+    local x, y = xs[i], ys[j]
+    if y == nil or (x ~= nil and not before(y, x)) then
+      out[#out + 1] = x
+      i = i + 1
+      if x == y then j = j + 1 end
+    else
+      out[#out + 1] = y
+      j = j + 1
+    end
+  end
+  return out
+end
 local feed = redis.call('HMGET', KEYS[2], 'c', 'g', 'f')
 local entries = {}
 if feed[1] then entries = slice(KEYS[1], lower, false, upper) end
--- A merged post beyond the page's last cached entry cannot be on the page (the true
--- entries of the range include the cached ones), so the slices stop there.
-local cut = ''
-if #entries == limit then cut = entries[limit] end
 local pending, pending_bodies = {}, {}
 local own = redis.call('HGETALL', KEYS[7])
 for i = 1, #own, 2 do
@@ -224,6 +244,10 @@ for i = 1, #own, 2 do
     pending_bodies[own[i]] = own[i + 1]
   end
 end
+table.sort(pending, before)
+-- The page so far. Every id in it is in the feed, so once it is full no id after its
+-- last can be on the page: the merged slices below stop there.
+local page = merge(entries, pending)
 local follows = redis.call('HMGET', KEYS[4], 'c', 'g')
 local authors = redis.call('HMGET', KEYS[6], 'c', 'g')
 local merged, unknown, complete = {}, {}, 0
@@ -237,7 +261,8 @@ local function take(author, floor)
   end
   local low, inclusive, high = lower, false, upper
   if floor > lower then low, inclusive = floor, true end
-  if cut ~= '' then
+  if #page == limit then
+    local cut = page[limit]
     if oldest then high = cut elseif cut >= low then low, inclusive = cut, false end
   end
   local ids = slice(prefix .. 'merged:' .. author, low, inclusive, high)
@@ -246,6 +271,7 @@ local function take(author, floor)
     complete = 0
   end
   for _, id in ipairs(ids) do merged[#merged + 1] = id end
+  page = merge(page, ids)
 end
 if follows[1] and authors[1] then
   complete = 1
@@ -264,19 +290,6 @@ if follows[1] and authors[1] then
       if redis.call('SISMEMBER', KEYS[5], list[i]) == 1 then take(list[i], list[i + 1]) end
     end
   end
-end
-local candidates = {}
-for _, id in ipairs(entries) do candidates[#candidates + 1] = id end
-for _, id in ipairs(merged) do candidates[#candidates + 1] = id end
-for _, id in ipairs(pending) do candidates[#candidates + 1] = id end
-table.sort(candidates)
-local page, last = {}, nil
-local from, to, step = #candidates, 1, -1
-if oldest then from, to, step = 1, #candidates, 1 end
-for i = from, to, step do
-  local id = candidates[i]
-  if id ~= last and #page < limit then page[#page + 1] = id end
-  last = id
 end
 local bodies = {}
 if #page > 0 then
