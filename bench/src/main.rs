@@ -24,8 +24,8 @@ use feedstream_harness::Scrape;
 use graph::{Graph, Op};
 use load::{closed_loop, Target};
 use report::{
-    Ceilings, LimiterRun, Phase, PhaseCpu, ProcessorCost, RateLimiterAb, Report, Transactions,
-    Workload,
+    Ceilings, LimiterRun, OperationCost, Phase, PhaseCpu, ProcessorCost, RateLimiterAb, Report,
+    Transactions, Workload,
 };
 use system::{Component, CpuSnapshot, Feedstream};
 
@@ -534,6 +534,27 @@ impl Bench {
             .map(|user| graph.follower_count(user))
             .collect();
         counts.sort_unstable();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let operation_costs = [
+            ("follows", "follow", follows.successes() as f64),
+            (
+                "reads: misses",
+                "page",
+                reads_miss.requests.succeeded as f64,
+            ),
+            (
+                "posts: maximum load",
+                "request, with its fan-out",
+                posts.succeeded as f64,
+            ),
+            (READS_HIT, "page", reads_hit.requests.succeeded as f64),
+            ("backlog", "input record", replay.input_records),
+        ]
+        .into_iter()
+        .map(|(phase, operation, count)| {
+            OperationCost::of(phase, operation, count, &self.cpu, cores)
+        })
+        .collect();
         Ok(Report {
             generated_at: chrono::Utc::now().to_rfc3339(),
             machine: system::machine(),
@@ -569,6 +590,7 @@ impl Bench {
             replay_exactly_once,
             processor: processor_cost,
             cpu: std::mem::take(&mut self.cpu),
+            operation_costs,
             targets: Vec::new(),
         })
     }

@@ -39,6 +39,8 @@ pub struct Report {
     pub processor: ProcessorCost,
     /// CPU seconds each process used in each phase: where the time goes.
     pub cpu: Vec<PhaseCpu>,
+    /// What one operation of a phase cost every process, and the rates that implies.
+    pub operation_costs: Vec<OperationCost>,
     pub targets: Vec<TargetCheck>,
 }
 
@@ -246,6 +248,58 @@ pub struct PhaseCpu {
     pub phase: &'static str,
     pub wall_seconds: f64,
     pub cpu_seconds: BTreeMap<String, f64>,
+}
+
+/// The CPU one operation of a phase cost each process: what bounds the phase's rate on
+/// this machine, whatever else it waits for.
+#[derive(Debug, Serialize)]
+pub struct OperationCost {
+    pub phase: &'static str,
+    pub operation: &'static str,
+    pub operations: f64,
+    pub cpu_us: BTreeMap<String, f64>,
+    pub total_cpu_us: f64,
+    /// Operations per second if they had the machine's cores to themselves.
+    pub all_cores_ceiling: f64,
+    /// Operations per second if Redis, one thread, had a core to itself (none without
+    /// Redis work).
+    pub redis_ceiling: Option<f64>,
+}
+
+impl OperationCost {
+    /// The cost of `operations` of `phase`, from the CPU the phases used, with
+    /// `cores` cores.
+    pub fn of(
+        phase: &'static str,
+        operation: &'static str,
+        operations: f64,
+        cpu: &[PhaseCpu],
+        cores: usize,
+    ) -> Self {
+        let count = operations.max(1.0);
+        let cpu_us: BTreeMap<String, f64> = cpu
+            .iter()
+            .find(|entry| entry.phase == phase)
+            .map(|entry| {
+                entry
+                    .cpu_seconds
+                    .iter()
+                    .map(|(process, seconds)| (process.clone(), seconds * 1e6 / count))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let total_cpu_us: f64 = cpu_us.values().sum();
+        let redis_us = cpu_us.get("redis").copied().unwrap_or(0.0);
+        Self {
+            phase,
+            operation,
+            operations,
+            all_cores_ceiling: cores as f64 * 1e6 / total_cpu_us.max(1e-9),
+            redis_ceiling: (redis_us >= 1.0).then(|| 1e6 / redis_us),
+            cpu_us,
+            total_cpu_us,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -750,6 +804,46 @@ impl Report {
             let _ = writeln!(md);
         }
 
+        let _ = writeln!(md, "\n## What one operation costs\n");
+        let _ = writeln!(
+            md,
+            "CPU-µs per operation of the phase, per process (from the table above), and the \
+             rates that CPU allows: with every core, and with Redis's one thread on a core of \
+             its own. A phase's rate cannot exceed either.\n"
+        );
+        let _ = write!(md, "| Phase | Operation | Count |");
+        for name in &names {
+            let _ = write!(md, " {name} |");
+        }
+        let _ = writeln!(md, " all µs | all-cores ceiling /s | Redis ceiling /s |");
+        let _ = write!(md, "|---|---|---|");
+        for _ in &names {
+            let _ = write!(md, "---|");
+        }
+        let _ = writeln!(md, "---|---|---|");
+        for cost in &self.operation_costs {
+            let _ = write!(
+                md,
+                "| {} | {} | {} |",
+                cost.phase,
+                cost.operation,
+                figure(cost.operations)
+            );
+            for name in &names {
+                let _ = write!(
+                    md,
+                    " {:.0} |",
+                    cost.cpu_us.get(*name).copied().unwrap_or(0.0)
+                );
+            }
+            let _ = writeln!(
+                md,
+                " {:.0} | {} | {} |",
+                cost.total_cpu_us,
+                figure(cost.all_cores_ceiling),
+                cost.redis_ceiling.map_or("–".to_string(), figure)
+            );
+        }
         let _ = writeln!(md, "\n## Plots\n");
         let _ = writeln!(md, "![POST latency](posts-latency.svg)\n");
         let _ = writeln!(md, "![Throughput](throughput.svg)\n");
