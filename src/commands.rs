@@ -12,8 +12,8 @@ use feedstream_api::{ApiMetrics, ApiState};
 use feedstream_core::feed::FeedRules;
 use feedstream_core::retry::RetryPolicy;
 use feedstream_kafka::topics::{self, TopicSpec, Topics};
-use feedstream_kafka::FailureMetrics;
 use feedstream_kafka::KafkaSettings;
+use feedstream_kafka::StageMetrics;
 use feedstream_read::{FeedCache, FeedReader, ReadMetrics};
 use feedstream_sinks::{SinkMetrics, SinkSettings};
 use feedstream_topology::metrics::ProcessorMetrics;
@@ -52,10 +52,10 @@ async fn deadline_after_signal(receiver: watch::Receiver<bool>, bound: Duration)
 }
 
 /// A command's registry, with the failure metrics every runtime shares.
-fn registries() -> (Registry, FailureMetrics) {
+fn registries() -> (Registry, StageMetrics) {
     let mut registry = Registry::default();
-    let failures = FailureMetrics::register(&mut registry);
-    (registry, failures)
+    let stage = StageMetrics::register(&mut registry);
+    (registry, stage)
 }
 
 async fn execute(
@@ -116,22 +116,22 @@ async fn execute(
             api.serve(Arc::new(registry), receiver).await
         }
         Command::Process(args) => {
-            let (mut registry, failures) = registries();
-            let metrics = ProcessorMetrics::register(&mut registry, failures);
+            let (mut registry, stage) = registries();
+            let metrics = ProcessorMetrics::register(&mut registry, stage);
             serve_metrics(args.process_metrics_listen, registry, receiver.clone()).await?;
             run_processor(&global, &topics, &args, metrics, receiver).await
         }
         Command::Sink(args) => {
-            let (mut registry, failures) = registries();
-            let metrics = SinkMetrics::register(&mut registry, failures);
+            let (mut registry, stage) = registries();
+            let metrics = SinkMetrics::register(&mut registry, stage);
             serve_metrics(args.sink_metrics_listen, registry, receiver.clone()).await?;
             run_sink(&global, &topics, &args, metrics, receiver).await
         }
         Command::RebuildState(args) => rebuild_state(&global, &topics, &args).await,
         Command::Run(args) => {
-            let (mut registry, failures) = registries();
-            let processor_metrics = ProcessorMetrics::register(&mut registry, failures.clone());
-            let sink_metrics = SinkMetrics::register(&mut registry, failures);
+            let (mut registry, stage) = registries();
+            let processor_metrics = ProcessorMetrics::register(&mut registry, stage.clone());
+            let sink_metrics = SinkMetrics::register(&mut registry, stage);
             let api = prepare_api(&global, &topics, &args.api, &mut registry).await?;
             let registry = Arc::new(registry);
 

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::graph::{Graph, Op};
 use crate::load::{self, closed_loop, Target};
 use crate::report::{
-    Materialization, Phase, RatePoint, Reads, RedisMemory, Replay, Restore, Visibility,
+    CycleTime, Materialization, Phase, RatePoint, Reads, RedisMemory, Replay, Restore, Visibility,
 };
 use feedstream_harness::Scrape;
 use feedstream_read::layout;
@@ -285,6 +285,7 @@ impl Bench {
             cpu_seconds,
             input_waits: metrics.sum("processor_input_wait_seconds_count", ""),
             input_wait_seconds: metrics.sum("processor_input_wait_seconds_sum", ""),
+            cycle: cycle_time(&metrics),
         })
     }
 
@@ -466,6 +467,24 @@ async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::MultiplexedConne
         .get_multiplexed_async_connection()
         .await
         .with_context(|| format!("connecting to Redis at {url}"))
+}
+
+/// Where the processor's cycles spent their wall time, from its `/metrics`.
+fn cycle_time(metrics: &Scrape) -> CycleTime {
+    let step = |step: &str| {
+        metrics.sum(
+            "stage_cycle_seconds_total",
+            &format!("stage=\"processor\",step=\"{step}\""),
+        )
+    };
+    CycleTime {
+        cycles: metrics.sum("processor_batch_duration_seconds_count", ""),
+        read: step("read"),
+        work: step("work"),
+        apply: metrics.sum("event_processing_duration_seconds_sum", ""),
+        commit: step("commit"),
+        finish: step("finish"),
+    }
 }
 
 #[cfg(test)]

@@ -229,6 +229,21 @@ pub struct Replay {
     /// count and their sum over tasks, which can exceed the wall time.
     pub input_waits: f64,
     pub input_wait_seconds: f64,
+    /// Where its cycles' wall time went (`stage_cycle_seconds`), in seconds.
+    pub cycle: CycleTime,
+}
+
+/// A stage's wall time by step of its cycle; `apply` is the part of `work` spent
+/// applying records to the stores (`event_processing_duration_seconds`), the rest of
+/// `work` is waiting for the broker's acknowledgements.
+#[derive(Debug, Serialize)]
+pub struct CycleTime {
+    pub cycles: f64,
+    pub read: f64,
+    pub work: f64,
+    pub apply: f64,
+    pub commit: f64,
+    pub finish: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -675,6 +690,23 @@ impl Report {
             figure(b.input_waits),
             b.input_wait_seconds
         );
+        for (name, replay) in [("at-least-once", b), ("exactly_once_v2", x)] {
+            let c = &replay.cycle;
+            let _ = writeln!(
+                md,
+                "Its cycles under {name} ({} with work, `stage_cycle_seconds`): reading {:.1} s, \
+                 work {:.1} s (applying records {:.1} s, waiting for the broker's \
+                 acknowledgements or transaction {:.1} s), committing offsets {:.1} s, \
+                 checkpoints and metrics {:.1} s.\n",
+                figure(c.cycles),
+                c.read,
+                c.work,
+                c.apply,
+                (c.work - c.apply).max(0.0),
+                c.commit,
+                c.finish
+            );
+        }
         let _ = writeln!(
             md,
             "**Cost of exactly-once** (a transaction per batch): on the backlog, {:.2} × the \

@@ -21,7 +21,7 @@ pub mod transaction;
 pub use failure::KafkaFailure;
 pub use group_consumer::{Batch, GroupConsumer, Intake, MemberIdentity};
 pub use membership::MembershipChange;
-pub use metrics::FailureMetrics;
+pub use metrics::StageMetrics;
 pub use outbox::{deliver, Outbox};
 pub use partition_reader::{read_partition, read_span, whole_partition, Span};
 pub use record::{Delivered, InputRecord, OutboundRecord, TopicPartition};

@@ -10,10 +10,11 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::{Batch, FailureMetrics, GroupConsumer, Intake, KafkaFailure, TopicPartition};
+use crate::{Batch, GroupConsumer, Intake, KafkaFailure, StageMetrics, TopicPartition};
 
 /// Work a stage made durable: the input offsets it may commit (next offset to read, per
 /// partition) and what it needs once they are committed.
@@ -24,6 +25,8 @@ pub struct Durable<D> {
 
 /// One stage of the topology, driven by [`drive`].
 pub trait Stage {
+    /// The `stage` label of its metrics.
+    const NAME: &'static str;
     type Error: From<KafkaFailure>;
     /// What [`Stage::after_commit`] needs of a durable cycle.
     type Done;
@@ -49,24 +52,35 @@ pub trait Stage {
 }
 
 /// Runs `stage` on `consumer` until `shutdown` turns true; the cycle in hand is
-/// finished first.
+/// finished first. The time of each step goes to `stage_cycle_seconds`, so that an
+/// operator sees whether a stage waits for input, works, or waits for a commit.
 pub async fn drive<S: Stage>(
     stage: &mut S,
     consumer: &mut GroupConsumer,
-    failures: &FailureMetrics,
+    metrics: &StageMetrics,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), S::Error> {
+    let spent = |step: &'static str, since: Instant| {
+        metrics.spent(S::NAME, step, since.elapsed());
+        Instant::now()
+    };
     while !*shutdown.borrow() {
+        let started = Instant::now();
         let batch = consumer.next_batch(stage.intake(), shutdown).await?;
+        let read = spent("read", started);
         stage.take(consumer, batch)?;
-        let Some(durable) = stage.make_durable(consumer, shutdown).await? else {
+        let durable = stage.make_durable(consumer, shutdown).await?;
+        let worked = spent("work", read);
+        let Some(durable) = durable else {
             continue;
         };
         if let Err(error) = consumer.commit(&durable.offsets) {
-            failures.retried("kafka");
+            metrics.retried("kafka");
             tracing::warn!(%error, "offset commit failed; it is retried with the next one");
         }
+        let committed = spent("commit", worked);
         stage.after_commit(durable.done)?;
+        spent("finish", committed);
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Metrics of the sink and of the read path, named by Prometheus conventions (see
 //! `feedstream_kafka::metrics`).
 
-use feedstream_kafka::FailureMetrics;
+use feedstream_kafka::StageMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,19 +22,19 @@ pub struct SinkMetrics {
     pub posts_written: Counter,
     pub feed_changes_applied: Family<SinkLabel, Counter>,
     pub batch_seconds: Family<SinkLabel, Histogram>,
-    pub failures: FailureMetrics,
+    pub stage: StageMetrics,
 }
 
 impl SinkMetrics {
-    /// Registers the sink's metrics; `failures` is registered by its owner.
-    pub fn register(registry: &mut Registry, failures: FailureMetrics) -> Self {
+    /// Registers the sink's metrics; `stage` is registered by its owner.
+    pub fn register(registry: &mut Registry, stage: StageMetrics) -> Self {
         let metrics = Self {
             posts_written: Counter::default(),
             feed_changes_applied: Family::default(),
             batch_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
-            failures,
+            stage,
         };
         registry.register(
             "sink_posts_written",

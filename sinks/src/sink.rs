@@ -64,7 +64,7 @@ pub async fn run(
         &settings.kafka,
         &identity,
         &[&topics.feed_events, &topics.post_events],
-        metrics.failures.consumer_lag.clone(),
+        metrics.stage.consumer_lag.clone(),
     )?;
     let writer = Writer {
         pool,
@@ -80,7 +80,7 @@ pub async fn run(
         writer,
         records: Vec::new(),
     };
-    drive(&mut stage, &mut consumer, &metrics.failures, &mut shutdown).await?;
+    drive(&mut stage, &mut consumer, &metrics.stage, &mut shutdown).await?;
     tracing::info!("sink stopped");
     Ok(())
 }
@@ -92,6 +92,7 @@ struct SinkStage<'s> {
 }
 
 impl stage::Stage for SinkStage<'_> {
+    const NAME: &'static str = "sink";
     type Error = SinkError;
     type Done = ();
 
@@ -221,7 +222,7 @@ impl Writer<'_> {
         let entries = ops.iter().filter(|op| op.is_entry()).count();
         applied.get_or_create(&REDIS).inc_by(entries as u64);
         for (_, failure) in &dead_letters {
-            self.metrics.failures.dead_lettered(failure.reason);
+            self.metrics.stage.dead_lettered(failure.reason);
         }
         Ok(())
     }
@@ -287,7 +288,7 @@ impl Writer<'_> {
                             dead_letters.push((record, failure.clone()));
                             break;
                         }
-                        self.metrics.failures.retried("record");
+                        self.metrics.stage.retried("record");
                         let delay = self.settings.retry.delay(failure.attempts);
                         tracing::warn!(source = %record.source(), event_id = record.event_id.map(tracing::field::display), %error, attempt = failure.attempts, ?delay, "record rejected by PostgreSQL; trying it again");
                         // At shutdown the batch stays uncommitted, to be written again.
@@ -311,7 +312,7 @@ impl Writer<'_> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, SinkError>>,
     {
-        let failures = &self.metrics.failures;
+        let failures = &self.metrics.stage;
         retry_transient(
             &self.settings.retry,
             &self.shutdown,

@@ -1,7 +1,7 @@
 //! Metrics of the processor: its own work, the fan-out it causes and its state stores,
 //! named by the conventions of `feedstream_kafka::metrics`.
 
-use feedstream_kafka::FailureMetrics;
+use feedstream_kafka::StageMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -42,7 +42,7 @@ pub struct ProcessorMetrics {
     pub processing_seconds: Family<EventTypeLabel, Histogram>,
     pub fanout_entries: Counter,
     pub fanout_size: Histogram,
-    pub failures: FailureMetrics,
+    pub stage: StageMetrics,
     pub batch_seconds: Histogram,
     pub transactions: Family<OutcomeLabel, Counter>,
     pub active_tasks: Gauge,
@@ -57,8 +57,8 @@ pub struct ProcessorMetrics {
 }
 
 impl ProcessorMetrics {
-    /// Registers the processor's metrics; `failures` is registered by its owner.
-    pub fn register(registry: &mut Registry, failures: FailureMetrics) -> Self {
+    /// Registers the processor's metrics; `stage` is registered by its owner.
+    pub fn register(registry: &mut Registry, stage: StageMetrics) -> Self {
         let metrics = Self {
             records: Family::default(),
             feed_changes: Counter::default(),
@@ -70,7 +70,7 @@ impl ProcessorMetrics {
             fanout_entries: Counter::default(),
             // 1, 2, 4, ... 2^20 feeds: up to the largest follower counts fanned out.
             fanout_size: Histogram::new(exponential_buckets(1.0, 2.0, 21)),
-            failures,
+            stage,
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             transactions: Family::default(),
             active_tasks: Gauge::default(),

@@ -116,7 +116,7 @@ pub async fn run(
         &settings.kafka,
         &identity,
         &[&topics.post_events, &topics.follow_events],
-        metrics.failures.consumer_lag.clone(),
+        metrics.stage.consumer_lag.clone(),
     )?;
     let producer = match settings.guarantee {
         ProcessingGuarantee::AtLeastOnce => kafka::producer(&settings.kafka, &settings.client_id)?,
@@ -151,8 +151,8 @@ pub async fn run(
         next_first: 0,
         uncommitted: false,
     };
-    let failures = runtime.metrics.failures.clone();
-    let result = drive(&mut runtime, &mut consumer, &failures, &mut shutdown).await;
+    let stage = runtime.metrics.stage.clone();
+    let result = drive(&mut runtime, &mut consumer, &stage, &mut shutdown).await;
     let closed = runtime.close_all_tasks();
     tracing::info!("processor stopped");
     result.and(closed)
@@ -186,6 +186,7 @@ struct Done {
 }
 
 impl Stage for Runtime<'_> {
+    const NAME: &'static str = "processor";
     type Error = ProcessorError;
     type Done = Done;
 
@@ -260,7 +261,7 @@ impl Stage for Runtime<'_> {
                 },
             }));
         }
-        let failures = &self.metrics.failures;
+        let failures = &self.metrics.stage;
         let delivered = retry_transient(
             &self.settings.retry,
             shutdown,
@@ -296,7 +297,7 @@ impl Stage for Runtime<'_> {
             .inc_by(effects.changelog_records);
         self.metrics.fanout_entries.inc_by(effects.entries_added);
         for reason in effects.dead_letters {
-            self.metrics.failures.dead_lettered(reason);
+            self.metrics.stage.dead_lettered(reason);
         }
         self.metrics
             .batch_seconds
