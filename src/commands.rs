@@ -51,7 +51,7 @@ async fn deadline_after_signal(receiver: watch::Receiver<bool>, bound: Duration)
     tokio::time::sleep(bound).await;
 }
 
-/// A command's registry, with the failure metrics every runtime shares.
+/// A command's registry, with the metrics every stage shares.
 fn registries() -> (Registry, StageMetrics) {
     let mut registry = Registry::default();
     let stage = StageMetrics::register(&mut registry);

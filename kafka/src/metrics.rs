@@ -1,6 +1,7 @@
 //! The metrics every Kafka stage shares (retries, dead letters, consumer lag, where its
-//! cycles spend their time), named by Prometheus conventions (unit suffixes, `_total` on counters, no application prefix:
-//! the `job` label of a scrape says which deployment they come from).
+//! cycles spend their time), named by Prometheus conventions (unit suffixes, `_total` on
+//! counters, no application prefix: the `job` label of a scrape says which deployment
+//! they come from).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

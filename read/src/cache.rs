@@ -190,7 +190,8 @@ return 1
 ///
 /// Returns: {feed cached, generation, floor, entries}; {follows cached, generation};
 /// {authors cached, generation}; whether the merged posts are complete; the merged
-/// posts the slices read (every one that can be on the page); authors whose merged posts are not cached, each followed by its generation;
+/// posts the slices read (every one that can be on the page); authors whose merged
+/// posts are not cached, each followed by its generation;
 /// the page the cached parts give and the bodies of its posts (nil where not cached);
 /// the pending posts of the range (their bodies stand in the page's where `post:` has
 /// none); the limit step's answer ({} without one). A refused read returns at once,
