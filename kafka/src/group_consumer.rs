@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use crate::client_log;
 use crate::membership::{MembershipChange, MembershipContext};
 use crate::metrics::LagLabels;
-use crate::settings::{consumer_config, with_consumer_properties};
-use crate::{InputRecord, KafkaFailure, KafkaSettings, TopicPartition};
+use crate::settings::{consumer_config, standalone_consumer, with_consumer_properties};
+use crate::{InputRecord, KafkaFailure, KafkaSettings, Reader, TopicPartition};
 
 /// What one read of a [`GroupConsumer`] may take.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +51,12 @@ pub struct MemberIdentity {
 /// A member of a consumer group with manual, synchronous offset commits.
 pub struct GroupConsumer {
     consumer: StreamConsumer<MembershipContext>,
+    /// A client of its own for the end offsets [`GroupConsumer::caught_up`] asks for.
+    /// The broker answers one connection's requests in order, so on the member's
+    /// connection that ListOffsets waited behind the fetch the broker was holding, up
+    /// to `fetch.wait.max.ms` (500 ms) whenever the partitions it fetched had nothing
+    /// new: most of a replayed backlog's time went there.
+    offsets: Reader,
     /// What [`GroupConsumer::join`] was given, to join again after a fatal error.
     settings: KafkaSettings,
     identity: MemberIdentity,
@@ -89,6 +95,7 @@ impl GroupConsumer {
         let topics: Vec<String> = topics.iter().map(|topic| topic.to_string()).collect();
         Ok(Self {
             consumer: subscribe(settings, identity, &topics, lag.clone())?,
+            offsets: standalone_consumer(settings, &format!("{}-offsets", identity.client_id))?,
             settings: settings.clone(),
             identity: identity.clone(),
             topics,
@@ -113,6 +120,7 @@ impl GroupConsumer {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Batch, KafkaFailure> {
         let mut batch = Batch::default();
+        self.serve_offsets_client();
         if !self.uncommitted.is_empty() {
             if let Err(error) = self.commit(&BTreeMap::new()) {
                 tracing::debug!(%error, "earlier offsets still not committed");
@@ -284,12 +292,12 @@ impl GroupConsumer {
     }
 
     /// Whether this member has read everything the broker holds of each of `partitions`
-    /// of `topic`, asked in one request. The end offsets are asked of the broker at the
-    /// time of the question: a fetch response reads its partitions one after another,
-    /// so the watermark it carried can miss a record stored before a later record of
-    /// another partition. Before the first record arrives the position is unknown; then
-    /// the committed offset (or, without one, the start of the partition) is where
-    /// reading resumes.
+    /// of `topic`, asked in one request of the offsets client. The end offsets are asked
+    /// of the broker at the time of the question: a fetch response reads its partitions
+    /// one after another, so the watermark it carried can miss a record stored before a
+    /// later record of another partition. Before the first record arrives the position
+    /// is unknown; then the committed offset (or, without one, the start of the
+    /// partition) is where reading resumes.
     pub fn caught_up(
         &self,
         topic: &str,
@@ -316,7 +324,7 @@ impl GroupConsumer {
         tokio::task::block_in_place(|| {
             // A ListOffsets for "latest" (Offset::End, timestamp -1) of every partition.
             let ends = self
-                .consumer
+                .offsets
                 .offsets_for_times(list(Offset::End)?, timeout)
                 .map_err(KafkaFailure::Operation)?;
             let ends = offsets_of(&ends);
@@ -345,6 +353,17 @@ impl GroupConsumer {
                 })
                 .collect())
         })
+    }
+
+    /// Hands the offsets client's queued events (statistics, errors) to its context:
+    /// it reads no records, so nothing else polls it, and unpolled events pile up.
+    fn serve_offsets_client(&self) {
+        while let Some(event) = self.offsets.poll(Duration::ZERO) {
+            if let Err(error) = event {
+                tracing::debug!(%error, "offsets client error; librdkafka retries");
+                break;
+            }
+        }
     }
 
     /// What a transaction needs to commit this member's offsets (KIP-447): the broker
