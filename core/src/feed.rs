@@ -140,18 +140,22 @@ fn post_created<S: KeyValueStore>(
             },
         ]);
     }
-    let reached = stores
+    let mut changes = vec![own];
+    stores
         .followers
-        .followers(author.get())?
-        .into_iter()
-        .filter(|follower| follower.since < post_id.get())
-        .filter_map(|follower| UserId::new(follower.id).ok())
-        .map(|feed_owner_id| FeedChange::EntryAdded {
-            feed_owner_id,
-            post_id,
-            author_id: author,
-        });
-    Ok(std::iter::once(own).chain(reached).collect())
+        .visit_followers(author.get(), &mut |follower| {
+            if follower.since >= post_id.get() {
+                return;
+            }
+            if let Ok(feed_owner_id) = UserId::new(follower.id) {
+                changes.push(FeedChange::EntryAdded {
+                    feed_owner_id,
+                    post_id,
+                    author_id: author,
+                });
+            }
+        })?;
+    Ok(changes)
 }
 
 /// Only the author deletes a post; an unknown one changes nothing. The removal goes to
@@ -169,19 +173,20 @@ fn post_deleted<S: KeyValueStore>(
     {
         return Ok(Vec::new());
     }
-    let followers = stores
+    let removed = |feed_owner_id| FeedChange::EntryRemoved {
+        feed_owner_id,
+        post_id,
+        author_id: author,
+    };
+    let mut changes = vec![removed(author)];
+    stores
         .followers
-        .followers(author.get())?
-        .into_iter()
-        .filter_map(|follower| UserId::new(follower.id).ok());
-    Ok(std::iter::once(author)
-        .chain(followers)
-        .map(|feed_owner_id| FeedChange::EntryRemoved {
-            feed_owner_id,
-            post_id,
-            author_id: author,
-        })
-        .collect())
+        .visit_followers(author.get(), &mut |follower| {
+            if let Ok(feed_owner_id) = UserId::new(follower.id) {
+                changes.push(removed(feed_owner_id));
+            }
+        })?;
+    Ok(changes)
 }
 
 /// Backfills the followee's N newest posts live at the follow and records where the

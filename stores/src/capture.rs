@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 
-use crate::{Entry, KeyValueStore, StoreDigest, StoreError};
+use crate::{KeyValueStore, StoreDigest, StoreError};
 
 /// One store write as it goes to the changelog: `value: None` is a delete (a tombstone).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +90,12 @@ impl<S: KeyValueStore> KeyValueStore for ChangeCapture<S> {
         Ok(())
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
-        self.inner.scan_prefix(prefix)
+    fn visit_prefix(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        self.inner.visit_prefix(prefix, visit)
     }
 
     fn scan_prefix_rev(

@@ -10,8 +10,22 @@ pub trait KeyValueStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     fn delete(&mut self, key: &[u8]) -> Result<(), StoreError>;
-    /// All entries whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError>;
+    /// Visits the entries whose key starts with `prefix`, in key order, while `visit`
+    /// returns true. The slices are the store's own: nothing is copied for a visit.
+    fn visit_prefix(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
+    /// All entries whose key starts with `prefix`, in key order, copied.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        let mut entries = Vec::new();
+        self.visit_prefix(prefix, &mut |key, value| {
+            entries.push((key.to_vec(), value.to_vec()));
+            true
+        })?;
+        Ok(entries)
+    }
     /// Visits the entries whose key starts with `prefix` and is below `upper` (itself a
     /// key with that prefix), in
     /// descending key order, while `visit` returns true. Reading newest-first this way

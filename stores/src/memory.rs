@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use crate::{Entry, KeyValueStore, StoreDigest, StoreError};
+use crate::{KeyValueStore, StoreDigest, StoreError};
 
 /// Ordered in-memory store, for pure tests of the topology.
 #[derive(Debug, Default, Clone)]
@@ -23,13 +23,17 @@ impl KeyValueStore for InMemoryStore {
         Ok(())
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
-        Ok(self
-            .entries
-            .range(prefix.to_vec()..)
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect())
+    fn visit_prefix(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        for (key, value) in self.entries.range(prefix.to_vec()..) {
+            if !key.starts_with(prefix) || !visit(key, value) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn scan_prefix_rev(

@@ -1,8 +1,8 @@
 use std::path::{Path, PathBuf};
 
-use rocksdb::{Direction, IteratorMode, Options, DB};
+use rocksdb::{IteratorMode, Options, DB};
 
-use crate::{Entry, KeyValueStore, StoreDigest, StoreError};
+use crate::{KeyValueStore, StoreDigest, StoreError};
 
 /// A RocksDB database holding one store of one task.
 pub struct RocksDbStore {
@@ -92,19 +92,22 @@ impl KeyValueStore for RocksDbStore {
         self.db.delete(key).map_err(|source| self.error(source))
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
-        let mut entries = Vec::new();
-        for item in self
-            .db
-            .iterator(IteratorMode::From(prefix, Direction::Forward))
-        {
-            let (key, value) = item.map_err(|source| self.error(source))?;
-            if !key.starts_with(prefix) {
+    // Both scans use a raw iterator: its key and value are slices into RocksDB's
+    // block, where the plain iterator copies each into two boxes.
+    fn visit_prefix(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut iterator = self.db.raw_iterator();
+        iterator.seek(prefix);
+        while let Some((key, value)) = iterator.item() {
+            if !key.starts_with(prefix) || !visit(key, value) {
                 break;
             }
-            entries.push((key.into_vec(), value.into_vec()));
+            iterator.next();
         }
-        Ok(entries)
+        iterator.status().map_err(|source| self.error(source))
     }
 
     fn scan_prefix_rev(
@@ -113,20 +116,16 @@ impl KeyValueStore for RocksDbStore {
         upper: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        // A reverse seek lands on the last key ≤ `upper`; `upper` itself is excluded.
-        for item in self
-            .db
-            .iterator(IteratorMode::From(upper, Direction::Reverse))
-        {
-            let (key, value) = item.map_err(|source| self.error(source))?;
-            if &*key == upper {
-                continue;
-            }
-            if !key.starts_with(prefix) || !visit(&key, &value) {
+        // The seek lands on the last key ≤ `upper`; `upper` itself is excluded.
+        let mut iterator = self.db.raw_iterator();
+        iterator.seek_for_prev(upper);
+        while let Some((key, value)) = iterator.item() {
+            if key != upper && (!key.starts_with(prefix) || !visit(key, value)) {
                 break;
             }
+            iterator.prev();
         }
-        Ok(())
+        iterator.status().map_err(|source| self.error(source))
     }
 
     fn digest(&self) -> Result<StoreDigest, StoreError> {
