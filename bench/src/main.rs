@@ -83,6 +83,7 @@ struct Args {
 
 /// The cache-hit phases: the first, the same on an api without rate limits, and the
 /// first again.
+const MAX_LOAD: &str = "posts: maximum load";
 const READS_HIT: &str = "reads: hits";
 const READS_HIT_UNLIMITED: &str = "reads: hits, no rate limits";
 const READS_HIT_AGAIN: &str = "reads: hits, rate limits again";
@@ -411,7 +412,7 @@ impl Bench {
         probes.retain(|pair| !unfollowed.contains(pair));
         rng.shuffle(&mut probes);
         let (posts, materialization) = self.max_load(&target, ops, &ceilings).await?;
-        self.phase_done("posts: maximum load");
+        self.phase_done(MAX_LOAD);
 
         let rate = materialization.end_to_end_posts_per_second / 2.0;
         say(&format!(
@@ -457,6 +458,13 @@ impl Bench {
         let processor_metrics = self.scrape(&self.process_url).await?;
         let feed_entries = processor_metrics.sum("fanout_entries_total", "");
         let cpu_seconds = system::cpu_seconds(processor_pid).unwrap_or(0.0);
+        let max_load_cpu_seconds = self
+            .cpu
+            .iter()
+            .find(|entry| entry.phase == MAX_LOAD)
+            .and_then(|entry| entry.cpu_seconds.get("process"))
+            .copied()
+            .unwrap_or(0.0);
         let processor_cost = ProcessorCost {
             feed_entries,
             feed_changes: processor_metrics.sum("processor_feed_changes_total", ""),
@@ -464,6 +472,9 @@ impl Bench {
             changelog_records: processor_metrics.sum("processor_changelog_records_total", ""),
             cpu_seconds,
             entries_per_cpu_second: feed_entries / cpu_seconds.max(1e-9),
+            max_load_cpu_seconds,
+            max_load_entries_per_cpu_second: materialization.feed_entries
+                / max_load_cpu_seconds.max(1e-9),
             peak_rss_mb: system::peak_rss_bytes(processor_pid).unwrap_or(0) as f64 / 1e6,
         };
 
@@ -543,7 +554,7 @@ impl Bench {
                 reads_miss.requests.succeeded as f64,
             ),
             (
-                "posts: maximum load",
+                MAX_LOAD,
                 "request, with its fan-out",
                 posts.succeeded as f64,
             ),

@@ -23,6 +23,8 @@ use crate::{say, Args, Bench, Ceilings, DRAIN_DEADLINE};
 const POSTGRES: &str = "sink=\"postgres\"";
 const REDIS: &str = "sink=\"redis\"";
 const APPLIED: &str = "sink_feed_changes_applied_total";
+/// ENTRY_ADDED the processor produced.
+const ENTRIES: &str = "fanout_entries_total";
 
 impl Bench {
     /// Every user's first page once, with the read cache emptied first (feeds, follows,
@@ -90,6 +92,7 @@ impl Bench {
         ceilings: &Ceilings,
     ) -> anyhow::Result<(Phase, Materialization)> {
         let before = self.scrape(&self.sink_url).await?;
+        let entries_before = self.scrape(&self.process_url).await?.sum(ENTRIES, "");
         let started = Instant::now();
         let (stop, stopped) = watch::channel(false);
         let sampler = tokio::spawn(sample_sink(
@@ -106,6 +109,7 @@ impl Bench {
         let _ = stop.send(true);
         let samples = sampler.await?;
         let after = self.scrape(&self.sink_url).await?;
+        let feed_entries = self.scrape(&self.process_url).await?.sum(ENTRIES, "") - entries_before;
         let postgres_changes = after.sum(APPLIED, POSTGRES) - before.sum(APPLIED, POSTGRES);
         let redis_changes = after.sum(APPLIED, REDIS) - before.sum(APPLIED, REDIS);
         let posts = ops
@@ -116,6 +120,7 @@ impl Bench {
         let materialization = Materialization {
             postgres_changes,
             redis_changes,
+            feed_entries,
             seconds,
             postgres_per_second,
             redis_per_second: redis_changes / seconds,

@@ -96,6 +96,8 @@ impl From<&Recorder> for Phase {
 pub struct Materialization {
     pub postgres_changes: f64,
     pub redis_changes: f64,
+    /// Feed entries (ENTRY_ADDED) the processor produced in the phase.
+    pub feed_entries: f64,
     pub seconds: f64,
     pub postgres_per_second: f64,
     pub redis_per_second: f64,
@@ -255,6 +257,10 @@ pub struct ProcessorCost {
     pub changelog_records: f64,
     pub cpu_seconds: f64,
     pub entries_per_cpu_second: f64,
+    /// The same for the maximum-load phase alone, where fan-out is most of the work:
+    /// the whole run also counts the follows phase, whose records cause no entries.
+    pub max_load_cpu_seconds: f64,
+    pub max_load_entries_per_cpu_second: f64,
     pub peak_rss_mb: f64,
 }
 
@@ -346,7 +352,7 @@ impl Report {
                 " ms",
             ),
             (
-                "feed changes materialized (PostgreSQL)",
+                "feed changes materialized (PostgreSQL and Redis)",
                 format!("≥ 0.6 × produce ceiling = {:.0}/s", 0.6 * produce),
                 self.materialization.postgres_per_second,
                 self.materialization.ratio_to_produce_ceiling >= 0.6,
@@ -367,10 +373,31 @@ impl Report {
                 "/s",
             ),
             (
+                "GET /feeds cache hits ÷ Redis ceiling",
+                "≥ 0.3".to_string(),
+                self.reads_hit.ratio_to_redis_ceiling,
+                self.reads_hit.ratio_to_redis_ceiling >= 0.3,
+                "",
+            ),
+            (
                 "GET /feeds cache hits p99",
                 "< 10 ms".to_string(),
                 self.reads_hit.requests.latency.p99_ms,
                 self.reads_hit.requests.latency.p99_ms < 10.0,
+                " ms",
+            ),
+            (
+                "GET /feeds cache misses",
+                "≥ 5,000/s".to_string(),
+                self.reads_miss.requests.per_second,
+                self.reads_miss.requests.per_second >= 5_000.0,
+                "/s",
+            ),
+            (
+                "GET /feeds cache misses p99",
+                "< 30 ms".to_string(),
+                self.reads_miss.requests.latency.p99_ms,
+                self.reads_miss.requests.latency.p99_ms < 30.0,
                 " ms",
             ),
             (
@@ -388,10 +415,10 @@ impl Report {
                 "/s",
             ),
             (
-                "feed entries per CPU-second of `process`",
+                "feed entries per CPU-second of `process` (maximum-load phase)",
                 "≥ 400,000".to_string(),
-                self.processor.entries_per_cpu_second,
-                self.processor.entries_per_cpu_second >= 400_000.0,
+                self.processor.max_load_entries_per_cpu_second,
+                self.processor.max_load_entries_per_cpu_second >= 400_000.0,
                 "",
             ),
             (
@@ -736,7 +763,9 @@ impl Report {
             md,
             "\n**Processor cost**: {} feed entries ({} feed changes from {} input records, \
              which wrote {} changelog records: {:.2} per input record) in {:.2} CPU-seconds \
-             of `process`: **{} entries per CPU-second**; peak RSS **{:.1} MB**.\n",
+             of `process`: **{} entries per CPU-second**; peak RSS **{:.1} MB**. In the \
+             maximum-load phase alone: {} entries in {:.2} CPU-seconds, **{} entries per \
+             CPU-second**.\n",
             figure(p.feed_entries),
             figure(p.feed_changes),
             figure(p.input_records),
@@ -744,7 +773,10 @@ impl Report {
             p.changelog_records / p.input_records.max(1.0),
             p.cpu_seconds,
             figure(p.entries_per_cpu_second),
-            p.peak_rss_mb
+            p.peak_rss_mb,
+            figure(self.materialization.feed_entries),
+            p.max_load_cpu_seconds,
+            figure(p.max_load_entries_per_cpu_second),
         );
         let _ = writeln!(
             md,
