@@ -62,7 +62,8 @@ pub async fn run(
                 }
                 return Ok(());
             }
-            let producer = kafka::producer(settings, &format!("{}-dlq", topics.application_id))?;
+            let producer =
+                kafka::batch_producer(settings, &format!("{}-dlq", topics.application_id))?;
             let mut replayed = 0;
             for letter in pending {
                 if *shutdown.borrow() {

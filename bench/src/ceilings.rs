@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use feedstream_core::event::EVENT_ID_HEADER;
 use feedstream_kafka::topics::{create_topics, TopicSpec, Topics};
-use feedstream_kafka::{self as kafka, KafkaFailure, KafkaSettings, OutboundRecord, Outbox};
+use feedstream_kafka::{self as kafka, KafkaFailure, KafkaSettings, OutboundRecord};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -39,14 +39,14 @@ pub async fn broker(
         .await
         .context("creating the ceiling topics")?;
     let topic = topics.feed_events.clone();
+    let outbound: Arc<str> = topic.as_str().into();
 
-    let producer = kafka::producer(settings, "bench-ceiling")?;
-    let mut outbox = Outbox::new(&producer);
+    let producer = kafka::batch_producer(settings, "bench-ceiling")?;
+    let batch: Vec<OutboundRecord> = (0..records)
+        .map(|n| feed_event_sized(&outbound, n))
+        .collect();
     let started = Instant::now();
-    for n in 0..records {
-        outbox.send(&feed_event_sized(&topic, n)).await?;
-    }
-    outbox.flush().await?;
+    producer.deliver(&batch).await?;
     let produce_per_second = records as f64 / started.elapsed().as_secs_f64();
 
     let settings = settings.clone();
@@ -76,14 +76,14 @@ pub async fn broker(
 
 /// A record shaped like an ENTRY_ADDED: a user-id key, about 190 bytes of JSON and the
 /// event-id header.
-fn feed_event_sized(topic: &str, n: u64) -> OutboundRecord {
+fn feed_event_sized(topic: &Arc<str>, n: u64) -> OutboundRecord {
     let owner = n % 5_000 + 1;
     let post = 779_496_298_905_600_000 + n;
     let payload = format!(
         r#"{{"type":"ENTRY_ADDED","feed_owner_id":"{owner}","post_id":"{post}","author_id":"7","cause_event_id":"{post}","timestamp":1763683200000,"version":1}}"#
     );
     OutboundRecord {
-        topic: topic.to_string(),
+        topic: topic.clone(),
         partition: None,
         key: owner.to_string().into_bytes(),
         payload: Some(payload.into_bytes()),

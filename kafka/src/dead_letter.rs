@@ -98,7 +98,7 @@ pub fn dead_letter(topic: &str, record: &InputRecord, failure: &Failure) -> Outb
         ));
     }
     OutboundRecord {
-        topic: topic.to_string(),
+        topic: topic.into(),
         partition: None,
         key: record.key.clone().unwrap_or_default(),
         payload: record.payload.clone(),
@@ -240,7 +240,7 @@ pub fn read_dead_letters(
 /// replayed in the dead-letter topic, so that a second replay skips it. A crash between
 /// the two publishes it twice, which the topology absorbs (it is idempotent by event).
 pub async fn replay(
-    producer: &crate::Producer,
+    producer: &crate::BatchProducer,
     topics: &Topics,
     letter: &StoredDeadLetter,
 ) -> Result<(), KafkaFailure> {
@@ -250,23 +250,23 @@ pub async fn replay(
         headers.push((feedstream_core::event::EVENT_ID_HEADER, event_id.clone()));
     }
     let republished = OutboundRecord {
-        topic: letter.headers.source_topic.clone(),
+        topic: letter.headers.source_topic.as_str().into(),
         partition: Some(letter.headers.source_partition),
         key: letter.key.clone().unwrap_or_default(),
         payload: letter.payload.clone(),
         timestamp: None,
         headers,
     };
-    crate::deliver(producer, std::slice::from_ref(&republished)).await?;
+    producer.deliver(std::slice::from_ref(&republished)).await?;
     let marker = OutboundRecord {
-        topic: topics.dead_letter.clone(),
+        topic: topics.dead_letter.as_str().into(),
         partition: Some(letter.partition),
         key: letter.key.clone().unwrap_or_default(),
         payload: None,
         timestamp: None,
         headers: vec![(header::REPLAY_OF, position)],
     };
-    crate::deliver(producer, std::slice::from_ref(&marker)).await?;
+    producer.deliver(std::slice::from_ref(&marker)).await?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! Kafka plumbing shared by the API, the processor and the sink: client settings and
 //! logging, the topic layout and its checks, a group consumer that cuts batches at
-//! membership changes, an outbox that waits for every acknowledgement, a reader of one
+//! membership changes, a producer that delivers whole batches, a reader of one
 //! partition, and dead letters. No feed logic lives here.
 
 pub mod client_log;
@@ -22,12 +22,12 @@ pub use failure::KafkaFailure;
 pub use group_consumer::{Batch, GroupConsumer, Intake, MemberIdentity};
 pub use membership::MembershipChange;
 pub use metrics::StageMetrics;
-pub use outbox::{deliver, Outbox};
+pub use outbox::{Acknowledged, BatchProducer, TallyContext};
 pub use partition_reader::{read_partition, read_span, whole_partition, Span};
-pub use record::{Delivered, InputRecord, OutboundRecord, TopicPartition};
+pub use record::{InputRecord, OutboundRecord, TopicPartition};
 pub use retry::{retry_transient, Retriable, Retry};
 pub use settings::{
-    producer, producer_config, standalone_consumer, KafkaSettings, Producer, Reader,
-    DEFAULT_FETCH_WAIT,
+    batch_producer, producer, producer_config, standalone_consumer, KafkaSettings, Producer,
+    Reader, DEFAULT_FETCH_WAIT,
 };
 pub use transaction::ProcessingGuarantee;

@@ -1,5 +1,7 @@
 //! Records as the runtimes handle them, detached from librdkafka's borrowed messages.
 
+use std::sync::Arc;
+
 use rdkafka::message::{Headers, Message};
 
 use feedstream_core::event::EVENT_ID_HEADER;
@@ -51,7 +53,8 @@ impl InputRecord {
 /// One record to produce.
 #[derive(Debug, Clone)]
 pub struct OutboundRecord {
-    pub topic: String,
+    /// Shared by the records of a batch: a fan-out writes thousands to one topic.
+    pub topic: Arc<str>,
     /// `None` lets the partitioner choose by key.
     pub partition: Option<i32>,
     pub key: Vec<u8>,
@@ -59,12 +62,4 @@ pub struct OutboundRecord {
     pub payload: Option<Vec<u8>>,
     pub timestamp: Option<i64>,
     pub headers: Vec<(&'static str, String)>,
-}
-
-/// Where a record was stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivered {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
 }

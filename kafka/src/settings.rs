@@ -8,7 +8,7 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::FutureProducer;
 
 use crate::client_log::KafkaContext;
-use crate::KafkaFailure;
+use crate::{BatchProducer, KafkaFailure};
 
 /// How the API and the runtimes reach the brokers.
 #[derive(Debug, Clone)]
@@ -46,7 +46,8 @@ fn client_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
     config
 }
 
-/// Every producer of feedstream.
+/// A producer that answers each record on its own: the API's, whose every request
+/// waits for its one event. The stages deliver batches through a [`BatchProducer`].
 pub type Producer = FutureProducer<KafkaContext>;
 
 /// A consumer in no group, reading the partitions it is assigned.
@@ -58,6 +59,14 @@ pub fn producer(settings: &KafkaSettings, client_id: &str) -> Result<Producer, K
     producer_config(settings, client_id)
         .create_with_context(KafkaContext)
         .map_err(KafkaFailure::Configuration)
+}
+
+/// A [`BatchProducer`] with the settings of [`producer`].
+pub fn batch_producer(
+    settings: &KafkaSettings,
+    client_id: &str,
+) -> Result<BatchProducer, KafkaFailure> {
+    BatchProducer::create(&producer_config(settings, client_id))
 }
 
 /// The settings of [`producer`], for a caller that adds its own.

@@ -12,8 +12,8 @@ use rdkafka::producer::Producer as _;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::settings::producer_config;
-use crate::{deliver, Delivered, GroupConsumer, KafkaFailure, KafkaSettings, OutboundRecord};
-use crate::{Producer, TopicPartition};
+use crate::{Acknowledged, BatchProducer, GroupConsumer, KafkaFailure, KafkaSettings};
+use crate::{OutboundRecord, TopicPartition};
 
 /// What a stage promises about its outputs when it fails and starts again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,7 +67,7 @@ pub fn transactional_producer(
     settings: &KafkaSettings,
     client_id: &str,
     transactional_id: &str,
-) -> Result<Producer, KafkaFailure> {
+) -> Result<BatchProducer, KafkaFailure> {
     let mut config = producer_config(settings, client_id);
     let delivery = settings.delivery_timeout.min(TRANSACTION_TIMEOUT);
     config
@@ -86,10 +86,8 @@ pub fn transactional_producer(
             "retry.backoff.ms",
             CONCURRENT_TRANSACTIONS_BACKOFF.as_millis().to_string(),
         );
-    let producer: Producer = config
-        .create_with_context(crate::client_log::KafkaContext)
-        .map_err(KafkaFailure::Configuration)?;
-    tokio::task::block_in_place(|| producer.init_transactions(TRANSACTION_TIMEOUT))
+    let producer = BatchProducer::create(&config)?;
+    tokio::task::block_in_place(|| producer.client().init_transactions(TRANSACTION_TIMEOUT))
         .map_err(transaction_failure)?;
     Ok(producer)
 }
@@ -100,19 +98,20 @@ pub fn transactional_producer(
 /// new attempt may follow ([`KafkaFailure::Aborted`]) or the producer was fenced
 /// ([`KafkaFailure::Fatal`]: another instance took over; this one must stop writing).
 pub async fn commit_transaction(
-    producer: &Producer,
+    producer: &BatchProducer,
     consumer: &GroupConsumer,
     records: &[OutboundRecord],
     offsets: &BTreeMap<TopicPartition, i64>,
-) -> Result<Vec<Delivered>, KafkaFailure> {
-    tokio::task::block_in_place(|| producer.begin_transaction()).map_err(transaction_failure)?;
+) -> Result<Acknowledged, KafkaFailure> {
+    tokio::task::block_in_place(|| producer.client().begin_transaction())
+        .map_err(transaction_failure)?;
     match send_and_commit(producer, consumer, records, offsets).await {
         Ok(delivered) => Ok(delivered),
         Err(failure) if !failure.is_retriable() => Err(failure),
         Err(failure) => {
-            if let Err(error) =
-                tokio::task::block_in_place(|| producer.abort_transaction(TRANSACTION_TIMEOUT))
-            {
+            if let Err(error) = tokio::task::block_in_place(|| {
+                producer.client().abort_transaction(TRANSACTION_TIMEOUT)
+            }) {
                 // The broker aborts it at its timeout; the next attempt starts afresh.
                 tracing::warn!(%error, "could not abort the transaction");
             }
@@ -124,12 +123,12 @@ pub async fn commit_transaction(
 }
 
 async fn send_and_commit(
-    producer: &Producer,
+    producer: &BatchProducer,
     consumer: &GroupConsumer,
     records: &[OutboundRecord],
     offsets: &BTreeMap<TopicPartition, i64>,
-) -> Result<Vec<Delivered>, KafkaFailure> {
-    let delivered = deliver(producer, records).await?;
+) -> Result<Acknowledged, KafkaFailure> {
+    let delivered = producer.deliver(records).await?;
     let mut list = TopicPartitionList::new();
     for ((topic, partition), offset) in offsets {
         list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
@@ -141,8 +140,12 @@ async fn send_and_commit(
             reason: "the consumer has no group metadata yet".to_string(),
         })?;
     // A retriable error of either call may be answered by calling it again.
-    retry_retriable(|| producer.send_offsets_to_transaction(&list, &group, TRANSACTION_TIMEOUT))?;
-    retry_retriable(|| producer.commit_transaction(TRANSACTION_TIMEOUT))?;
+    retry_retriable(|| {
+        producer
+            .client()
+            .send_offsets_to_transaction(&list, &group, TRANSACTION_TIMEOUT)
+    })?;
+    retry_retriable(|| producer.client().commit_transaction(TRANSACTION_TIMEOUT))?;
     Ok(delivered)
 }
 

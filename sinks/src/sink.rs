@@ -69,7 +69,7 @@ pub async fn run(
     let writer = Writer {
         pool,
         cache,
-        producer: kafka::producer(&settings.kafka, &settings.client_id)?,
+        producer: kafka::batch_producer(&settings.kafka, &settings.client_id)?,
         target: redact(&settings.database_url),
         settings: &settings,
         metrics: &metrics,
@@ -157,7 +157,7 @@ enum Write {
 struct Writer<'s> {
     pool: PgPool,
     cache: FeedCache,
-    producer: kafka::Producer,
+    producer: kafka::BatchProducer,
     target: String,
     settings: &'s SinkSettings,
     metrics: &'s SinkMetrics,
@@ -192,7 +192,7 @@ impl Writer<'_> {
                 })
                 .collect();
             self.retry("kafka", || async {
-                Ok(kafka::deliver(&self.producer, &outbound).await?)
+                Ok(self.producer.deliver(&outbound).await?)
             })
             .await?;
         }

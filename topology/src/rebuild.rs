@@ -2,6 +2,7 @@
 //! changelog or from its source topic, printing a digest to compare rebuilds.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use feedstream_stores::{InMemoryStore, KeyValueStore, RocksDbStore, StoreDigest, StoreName};
@@ -13,7 +14,7 @@ use crate::state::{replay_changelog, Checkpoint, StateError, StateOpener};
 use feedstream_core::event::{Envelope, InputTopic};
 use feedstream_core::feed::{apply, FeedRules, TaskStores};
 use feedstream_kafka::topics::{verify_layout, Topics, TopicsError};
-use feedstream_kafka::{self as kafka, KafkaFailure, KafkaSettings, OutboundRecord, Outbox};
+use feedstream_kafka::{self as kafka, KafkaFailure, KafkaSettings, OutboundRecord};
 
 #[derive(Debug, Clone)]
 pub struct RebuildSettings {
@@ -168,7 +169,7 @@ async fn rebuild_from_source(
     let store = stores.store_mut(name);
 
     // What the changelog holds now, to send only the difference.
-    let changelog = settings.topics.changelog(name);
+    let changelog: Arc<str> = settings.topics.changelog(name).into();
     let (low, high) = consumer
         .fetch_watermarks(&changelog, partition, Duration::from_secs(10))
         .map_err(KafkaFailure::Operation)?;
@@ -183,43 +184,35 @@ async fn rebuild_from_source(
         &mut |_| {},
     )?;
     let rebuilt_entries = store.scan_prefix(&[]).map_err(StateError::from)?;
+    let record = |key: Vec<u8>, payload: Option<Vec<u8>>| OutboundRecord {
+        topic: changelog.clone(),
+        partition: Some(partition),
+        key,
+        payload,
+        timestamp: None,
+        headers: Vec::new(),
+    };
     let mut outbound = Vec::new();
     for (key, value) in &rebuilt_entries {
         if logged.get(key).map_err(StateError::from)?.as_ref() != Some(value) {
-            outbound.push((key.clone(), Some(value.clone())));
+            outbound.push(record(key.clone(), Some(value.clone())));
         }
     }
     let rebuilt_keys: std::collections::BTreeSet<&Vec<u8>> =
         rebuilt_entries.iter().map(|(key, _)| key).collect();
     for (key, _) in logged.scan_prefix(&[]).map_err(StateError::from)? {
         if !rebuilt_keys.contains(&key) {
-            outbound.push((key, None));
+            outbound.push(record(key, None));
         }
     }
-    let producer = kafka::producer(
+    let producer = kafka::batch_producer(
         &settings.kafka,
         &format!("{}-rebuild", settings.topics.application_id),
     )?;
-    let mut outbox = Outbox::new(&producer);
-    for (key, value) in &outbound {
-        outbox
-            .send(&OutboundRecord {
-                topic: changelog.clone(),
-                partition: Some(partition),
-                key: key.clone(),
-                payload: value.clone(),
-                timestamp: None,
-                headers: Vec::new(),
-            })
-            .await?;
-    }
-    let delivered = outbox.flush().await?;
-    let position = delivered
-        .iter()
-        .map(|d| d.offset + 1)
-        .max()
-        .unwrap_or(high)
-        .max(high);
+    let acknowledged = producer.deliver(&outbound).await?;
+    let position = acknowledged
+        .last_offset(&changelog, partition)
+        .map_or(high, |offset| (offset + 1).max(high));
 
     let store = into_store(stores, name);
     Ok((store, records, position, outbound.len() as u64))

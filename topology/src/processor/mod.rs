@@ -23,7 +23,7 @@ use feedstream_kafka::stage::{drive, Durable, Stage};
 use feedstream_kafka::topics::{verify_layout, Topics, TopicsError};
 use feedstream_kafka::transaction;
 use feedstream_kafka::{
-    self as kafka, retry_transient, Batch, Delivered, GroupConsumer, InputRecord, Intake,
+    self as kafka, retry_transient, Acknowledged, Batch, GroupConsumer, InputRecord, Intake,
     KafkaFailure, KafkaSettings, MemberIdentity, ProcessingGuarantee, Retry, TopicPartition,
 };
 use feedstream_stores::{StoreError, StoreName};
@@ -119,7 +119,9 @@ pub async fn run(
         metrics.stage.consumer_lag.clone(),
     )?;
     let producer = match settings.guarantee {
-        ProcessingGuarantee::AtLeastOnce => kafka::producer(&settings.kafka, &settings.client_id)?,
+        ProcessingGuarantee::AtLeastOnce => {
+            kafka::batch_producer(&settings.kafka, &settings.client_id)?
+        }
         // One transactional id per instance: a restarted static instance fences its
         // predecessor and aborts what that one left open. A dynamic instance's id is
         // new at each start (its client id); what a killed one left open is aborted by
@@ -160,7 +162,7 @@ pub async fn run(
 
 struct Runtime<'s> {
     settings: &'s ProcessorSettings,
-    producer: kafka::Producer,
+    producer: kafka::BatchProducer,
     metrics: ProcessorMetrics,
     assigned: BTreeSet<TopicPartition>,
     tasks: BTreeMap<i32, Task>,
@@ -181,7 +183,7 @@ const INTAKE_RECORDS: usize = 1000;
 /// What a durable batch leaves for after its commit.
 struct Done {
     effects: Effects,
-    delivered: Vec<Delivered>,
+    acknowledged: Acknowledged,
     started: Instant,
 }
 
@@ -190,11 +192,22 @@ impl Stage for Runtime<'_> {
     type Error = ProcessorError;
     type Done = Done;
 
-    /// A read waits for a first record, then gathers for the commit interval.
+    /// A read waits for a first record, then gathers for the commit interval. While a
+    /// task holds records of both its inputs, stream time lets it go on without waiting,
+    /// so the read only takes what is already fetched: in a backlog every buffer is full
+    /// and its partitions paused, and a wait for a record would last its whole length.
     fn intake(&self) -> Intake {
+        let work_in_hand = self
+            .tasks
+            .values()
+            .any(|task| !task.posts.is_empty() && !task.follows.is_empty());
         Intake {
             max_records: INTAKE_RECORDS,
-            max_wait: self.settings.max_batch_wait,
+            max_wait: if work_in_hand {
+                Duration::ZERO
+            } else {
+                self.settings.max_batch_wait
+            },
             linger: self.settings.commit_interval,
         }
     }
@@ -250,40 +263,40 @@ impl Stage for Runtime<'_> {
                 .transactions
                 .get_or_create(&OutcomeLabel { outcome })
                 .inc();
-            let delivered = committed?;
+            let acknowledged = committed?;
             self.uncommitted = false;
             return Ok(Some(Durable {
                 offsets: BTreeMap::new(),
                 done: Done {
                     effects,
-                    delivered,
+                    acknowledged,
                     started,
                 },
             }));
         }
         let failures = &self.metrics.stage;
-        let delivered = retry_transient(
+        let acknowledged = retry_transient(
             &self.settings.retry,
             shutdown,
             |retry: Retry<'_, KafkaFailure>| {
                 failures.retried("kafka");
                 tracing::warn!(error = %retry.error, attempt = retry.attempt, delay = ?retry.delay, "batch not acknowledged by the broker; sending it again");
             },
-            || kafka::deliver(&self.producer, &effects.outbound),
+            || self.producer.deliver(&effects.outbound),
         )
         .await?;
         Ok(Some(Durable {
             offsets: std::mem::take(&mut effects.commit),
             done: Done {
                 effects,
-                delivered,
+                acknowledged,
                 started,
             },
         }))
     }
 
     fn after_commit(&mut self, done: Done) -> Result<(), ProcessorError> {
-        self.checkpoint_after_commit(&done.delivered)?;
+        self.checkpoint_after_commit(&done.acknowledged)?;
         let effects = done.effects;
         for (topic, count) in effects.records {
             self.metrics
@@ -309,20 +322,23 @@ impl Stage for Runtime<'_> {
 impl Runtime<'_> {
     /// Moves each task's changelog positions to what the broker acknowledged, then
     /// checkpoints the tasks that changed, at most once per [`CHECKPOINT_INTERVAL`].
-    fn checkpoint_after_commit(&mut self, delivered: &[Delivered]) -> Result<(), ProcessorError> {
+    fn checkpoint_after_commit(
+        &mut self,
+        acknowledged: &Acknowledged,
+    ) -> Result<(), ProcessorError> {
         let changelogs: BTreeMap<String, StoreName> = StoreName::ALL
             .into_iter()
             .map(|store| (self.settings.topics.changelog(store), store))
             .collect();
         let mut touched = BTreeSet::new();
-        for record in delivered {
-            let Some(store) = changelogs.get(&record.topic) else {
+        for (topic, partition, offset) in acknowledged.iter() {
+            let Some(store) = changelogs.get(topic) else {
                 continue;
             };
-            if let Some(task) = self.tasks.get_mut(&record.partition) {
+            if let Some(task) = self.tasks.get_mut(&partition) {
                 let position = task.positions.entry(*store).or_insert(0);
-                *position = (*position).max(record.offset + 1);
-                touched.insert(record.partition);
+                *position = (*position).max(offset + 1);
+                touched.insert(partition);
             }
         }
         // Under exactly-once a task's checkpoint is written only when it closes clean:

@@ -2,6 +2,7 @@
 //! feed-events, changelog records, or a dead letter.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use feedstream_core::event::{
@@ -9,16 +10,19 @@ use feedstream_core::event::{
 };
 use feedstream_core::feed::apply;
 use feedstream_kafka::dead_letter::{dead_letter, Failure, Stage};
+use feedstream_kafka::topics::Topics;
 use feedstream_kafka::{InputRecord, OutboundRecord, TopicPartition};
-use feedstream_stores::StoreError;
+use feedstream_stores::{StoreError, StoreName};
 
 use super::task::Task;
 use super::ProcessorSettings;
 use crate::metrics::ProcessorMetrics;
 
 /// What one batch produced and may commit.
-#[derive(Default)]
 pub(super) struct Effects {
+    /// The output topics' names, shared by every record of the batch.
+    feed_events: Arc<str>,
+    changelogs: BTreeMap<StoreName, Arc<str>>,
     pub(super) outbound: Vec<OutboundRecord>,
     pub(super) commit: BTreeMap<TopicPartition, i64>,
     pub(super) feed_changes: u64,
@@ -32,6 +36,26 @@ pub(super) struct Effects {
     pub(super) written: BTreeMap<i32, i64>,
     /// Changelog records among `outbound`.
     pub(super) changelog_records: u64,
+}
+
+impl Effects {
+    pub(super) fn new(topics: &Topics) -> Self {
+        Self {
+            feed_events: topics.feed_events.as_str().into(),
+            changelogs: StoreName::ALL
+                .into_iter()
+                .map(|store| (store, topics.changelog(store).into()))
+                .collect(),
+            outbound: Vec::new(),
+            commit: BTreeMap::new(),
+            feed_changes: 0,
+            entries_added: 0,
+            dead_letters: Vec::new(),
+            records: BTreeMap::new(),
+            written: BTreeMap::new(),
+            changelog_records: 0,
+        }
+    }
 }
 
 /// Applies one record to its task and appends what it causes to `effects`.
@@ -60,6 +84,7 @@ pub(super) fn process_record(
             effects.feed_changes += changes.len() as u64;
             effects.entries_added += entries_added;
             tracing::debug!(event_id = %event.event_id, event_type = event.type_name(), task = task.partition, changes = changes.len(), "event processed");
+            let event_id = event.event_id.to_string();
             for change in changes {
                 let key = change.key().to_string().into_bytes();
                 let value = FeedEvent {
@@ -69,12 +94,12 @@ pub(super) fn process_record(
                     version: FEED_EVENT_VERSION,
                 };
                 effects.outbound.push(OutboundRecord {
-                    topic: topics.feed_events.clone(),
+                    topic: effects.feed_events.clone(),
                     partition: None,
                     key,
                     payload: Some(value.to_json()),
                     timestamp: Some(event.timestamp),
-                    headers: vec![(EVENT_ID_HEADER, event.event_id.to_string())],
+                    headers: vec![(EVENT_ID_HEADER, event_id.clone())],
                 });
             }
             effects.written.insert(task.partition, event.timestamp);
@@ -104,16 +129,11 @@ pub(super) fn process_record(
 /// Appends the changelog records of the task's store writes since the last batch: one
 /// per key written, with its last value (coalesced by the stores' change capture), at
 /// the timestamp of the last event that wrote the task's stores.
-pub(super) fn changelog_records(
-    settings: &ProcessorSettings,
-    task: &mut Task,
-    timestamp: i64,
-    effects: &mut Effects,
-) {
+pub(super) fn changelog_records(task: &mut Task, timestamp: i64, effects: &mut Effects) {
     for (store, change) in task.stores.drain_changes() {
         effects.changelog_records += 1;
         effects.outbound.push(OutboundRecord {
-            topic: settings.topics.changelog(store),
+            topic: effects.changelogs[&store].clone(),
             partition: Some(task.partition),
             key: change.key,
             payload: change.value,

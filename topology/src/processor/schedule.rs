@@ -25,7 +25,7 @@ impl Runtime<'_> {
         &mut self,
         consumer: &GroupConsumer,
     ) -> Result<Effects, ProcessorError> {
-        let mut effects = Effects::default();
+        let mut effects = Effects::new(&self.settings.topics);
         let mut partitions: Vec<i32> = self.tasks.keys().copied().collect();
         if !partitions.is_empty() {
             let first = self.next_first % partitions.len();
@@ -64,7 +64,7 @@ impl Runtime<'_> {
         }
         for (partition, timestamp) in std::mem::take(&mut effects.written) {
             if let Some(task) = self.tasks.get_mut(&partition) {
-                changelog_records(self.settings, task, timestamp, &mut effects);
+                changelog_records(task, timestamp, &mut effects);
             }
         }
         self.metrics.waiting_tasks.set(self.lagging_tasks());
