@@ -390,7 +390,8 @@ pub struct ProcessArgs {
     #[arg(long, env = "FEEDSTREAM_PROCESS_BATCH_RECORDS", default_value_t = 500)]
     pub process_batch_records: usize,
     /// Longest wait for the first record of an intake, in milliseconds; after it, an
-    /// intake takes only records already fetched.
+    /// intake takes only records already fetched. No wait while a task holds records of
+    /// both its inputs.
     #[arg(long, env = "FEEDSTREAM_PROCESS_BATCH_WAIT_MS", default_value_t = 50)]
     pub process_batch_wait_ms: u64,
     /// How long a processing cycle goes on reading after its first record before it

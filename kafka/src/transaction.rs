@@ -106,7 +106,7 @@ pub async fn commit_transaction(
     tokio::task::block_in_place(|| producer.client().begin_transaction())
         .map_err(transaction_failure)?;
     match send_and_commit(producer, consumer, records, offsets).await {
-        Ok(delivered) => Ok(delivered),
+        Ok(acknowledged) => Ok(acknowledged),
         Err(failure) if !failure.is_retriable() => Err(failure),
         Err(failure) => {
             if let Err(error) = tokio::task::block_in_place(|| {
@@ -128,7 +128,7 @@ async fn send_and_commit(
     records: &[OutboundRecord],
     offsets: &BTreeMap<TopicPartition, i64>,
 ) -> Result<Acknowledged, KafkaFailure> {
-    let delivered = producer.deliver(records).await?;
+    let acknowledged = producer.deliver(records).await?;
     let mut list = TopicPartitionList::new();
     for ((topic, partition), offset) in offsets {
         list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
@@ -146,7 +146,7 @@ async fn send_and_commit(
             .send_offsets_to_transaction(&list, &group, TRANSACTION_TIMEOUT)
     })?;
     retry_retriable(|| producer.client().commit_transaction(TRANSACTION_TIMEOUT))?;
-    Ok(delivered)
+    Ok(acknowledged)
 }
 
 /// Attempts at a transactional call that keeps failing retriably (each waits up to
