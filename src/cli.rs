@@ -394,6 +394,16 @@ pub struct ProcessArgs {
     /// both its inputs.
     #[arg(long, env = "FEEDSTREAM_PROCESS_BATCH_WAIT_MS", default_value_t = 50)]
     pub process_batch_wait_ms: u64,
+    /// Records buffered per input partition before the partition is paused; it is
+    /// resumed at half (Kafka Streams' buffered.records.per.partition). librdkafka drops
+    /// what it prefetched for a paused partition and fetches it again at resume, so the
+    /// half left must outlast that fetch: 1,000 starved a replayed backlog.
+    #[arg(
+        long,
+        env = "FEEDSTREAM_BUFFERED_RECORDS_PER_PARTITION",
+        default_value_t = 4_000
+    )]
+    pub buffered_records_per_partition: usize,
     /// How long a processing cycle goes on reading after its first record before it
     /// processes up to --process-batch-records of them and commits, in milliseconds
     /// (Kafka Streams' commit.interval.ms): fewer, larger commits (transactions under

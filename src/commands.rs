@@ -353,6 +353,7 @@ fn processor_settings(
         },
         max_batch_records: args.process_batch_records.max(1),
         max_batch_wait: Duration::from_millis(args.process_batch_wait_ms),
+        buffered_records_per_partition: args.buffered_records_per_partition.max(2),
         commit_interval: Duration::from_millis(args.commit_interval_ms),
         max_task_idle: Duration::from_millis(args.max_task_idle_ms),
         retry: retry_policy(global),

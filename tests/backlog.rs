@@ -28,11 +28,15 @@ const BACKFILL: usize = 10;
 /// their partitions are paused. No idle time (`max.task.idle.ms` 0, Kafka Streams'
 /// default): a task never waits for records not produced yet, so only the rule that
 /// it waits for records the broker holds keeps the posts behind their follows.
-const SMALL_FETCHES: [&str; 4] = [
+const SMALL_FETCHES: [&str; 6] = [
     "--consumer-property",
     "max.partition.fetch.bytes=1024",
     "--max-task-idle-ms",
     "0",
+    // Small enough that a partition's posts fill it (1,500 in the larger backlog) and
+    // the partition is paused.
+    "--buffered-records-per-partition",
+    "1000",
 ];
 
 /// `follows` distinct follows among `users` (followees skewed towards small ids), then

@@ -277,6 +277,7 @@ impl Bench {
             + metrics.sum("processor_feed_changes_total", "")
             + metrics.sum("dlq_messages_total", "");
         let cpu_seconds = replaying.id().and_then(system::cpu_seconds).unwrap_or(0.0);
+        let peak_rss_mb = replaying.id().and_then(system::peak_rss_bytes).unwrap_or(0) as f64 / 1e6;
         self.stop(&mut replaying).await?;
         let written_per_second = records_written / seconds.max(1e-9);
         Ok(Replay {
@@ -288,6 +289,7 @@ impl Bench {
             written_per_second,
             ratio_to_produce_ceiling: written_per_second / ceilings.broker.produce_per_second,
             cpu_seconds,
+            peak_rss_mb,
             input_waits: metrics.sum("processor_input_wait_seconds_count", ""),
             input_wait_seconds: metrics.sum("processor_input_wait_seconds_sum", ""),
             cycle: cycle_time(&metrics),

@@ -227,6 +227,8 @@ pub struct Replay {
     pub written_per_second: f64,
     pub ratio_to_produce_ceiling: f64,
     pub cpu_seconds: f64,
+    /// Of the replaying processor, whose input buffers are full throughout.
+    pub peak_rss_mb: f64,
     /// Waits of tasks for their other input (`processor_input_wait_seconds`): their
     /// count and their sum over tasks, which can exceed the wall time.
     pub input_waits: f64,
@@ -710,10 +712,12 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "\nThe backlog took {:.1} s; the replaying `process` used {:.1} CPU-seconds, and its \
-             tasks waited for their other input {} times, {:.1} s in all (summed over tasks).\n",
+            "\nThe backlog took {:.1} s; the replaying `process` used {:.1} CPU-seconds (peak \
+             RSS {:.1} MB), and its tasks waited for their other input {} times, {:.1} s in all \
+             (summed over tasks).\n",
             b.seconds,
             b.cpu_seconds,
+            b.peak_rss_mb,
             figure(b.input_waits),
             b.input_wait_seconds
         );

@@ -7,10 +7,6 @@ use feedstream_kafka::{GroupConsumer, InputRecord, MembershipChange};
 use super::task::Task;
 use super::{ProcessorError, Runtime};
 
-/// Records buffered per input partition before it is paused (Kafka Streams'
-/// `buffered.records.per.partition`). Intake is not limited by the processing batch, so
-/// a task waiting for its other input keeps reading until that input arrives.
-pub(super) const BUFFERED_RECORDS_PER_PARTITION: usize = 1000;
 impl Runtime<'_> {
     pub(super) fn route(&mut self, record: InputRecord) {
         let Some(task) = self.tasks.get_mut(&record.partition) else {
@@ -96,6 +92,7 @@ impl Runtime<'_> {
         consumer: &GroupConsumer,
     ) -> Result<(), ProcessorError> {
         let topics = &self.settings.topics;
+        let limit = self.settings.buffered_records_per_partition;
         let mut pause = Vec::new();
         let mut resume = Vec::new();
         for (partition, task) in &self.tasks {
@@ -106,9 +103,9 @@ impl Runtime<'_> {
             for (topic, buffered) in buffers {
                 let key = (topic.clone(), *partition);
                 let paused = self.paused.contains(&key);
-                if buffered >= BUFFERED_RECORDS_PER_PARTITION && !paused {
+                if buffered >= limit && !paused {
                     pause.push(key);
-                } else if buffered < BUFFERED_RECORDS_PER_PARTITION / 2 && paused {
+                } else if buffered < limit / 2 && paused {
                     resume.push(key);
                 }
             }

@@ -44,6 +44,11 @@ pub struct ProcessorSettings {
     pub rules: FeedRules,
     pub max_batch_records: usize,
     pub max_batch_wait: Duration,
+    /// Records buffered per input partition before it is paused, resumed at half
+    /// (Kafka Streams' `buffered.records.per.partition`). Intake is not limited by the
+    /// processing batch, so a task waiting for its other input keeps reading until that
+    /// input arrives.
+    pub buffered_records_per_partition: usize,
     /// How long a cycle goes on reading after its first record before it processes
     /// and commits (Kafka Streams' commit.interval.ms): fewer, larger commits (and
     /// transactions) at the price of latency. Zero: a cycle takes what has arrived.
