@@ -54,11 +54,12 @@ impl<S: KeyValueStore> TaskStores<S> {
         }
     }
 
-    /// Writes made since the last call, per store, oldest first.
-    pub fn drain_changes(&mut self) -> Vec<(StoreName, ChangeRecord)> {
-        let followers = self.followers.kv_mut().drain_changes();
-        let posts = self.author_posts.kv_mut().drain_changes();
-        followers
+    /// Writes made since the last call, per store in key order, each key once with its
+    /// last value; they are now in the stores too, one write batch per store.
+    pub fn drain_changes(&mut self) -> Result<Vec<(StoreName, ChangeRecord)>, StoreError> {
+        let followers = self.followers.kv_mut().drain_changes()?;
+        let posts = self.author_posts.kv_mut().drain_changes()?;
+        Ok(followers
             .into_iter()
             .map(|change| (StoreName::Followers, change))
             .chain(
@@ -66,10 +67,11 @@ impl<S: KeyValueStore> TaskStores<S> {
                     .into_iter()
                     .map(|change| (StoreName::AuthorPosts, change)),
             )
-            .collect()
+            .collect())
     }
 
-    /// The two underlying stores: (followers, author-posts).
+    /// The two underlying stores: (followers, author-posts), without the writes not
+    /// drained.
     pub fn into_stores(self) -> (S, S) {
         (
             self.followers.into_kv().into_inner(),
@@ -77,7 +79,8 @@ impl<S: KeyValueStore> TaskStores<S> {
         )
     }
 
-    /// The underlying store by name, for restoration and digests.
+    /// The underlying store by name, for restoration, syncs and digests: it lacks the
+    /// writes not drained yet.
     pub fn store_mut(&mut self, name: StoreName) -> &mut S {
         match name {
             StoreName::Followers => self.followers.kv_mut().inner_mut(),

@@ -65,7 +65,6 @@ impl<S: KeyValueStore> FollowerStore<S> {
             .transpose()
     }
 
-    /// Followers of `followee`, in ascending id order.
     /// Visits every follower of `followee`, in id order, straight from the store's
     /// entries: a post's fan-out reads thousands of edges, none of them copied.
     pub fn visit_followers(

@@ -1,4 +1,4 @@
-use crate::StoreError;
+use crate::{ChangeRecord, StoreError};
 
 /// One key-value pair.
 pub type Entry = (Vec<u8>, Vec<u8>);
@@ -10,6 +10,11 @@ pub trait KeyValueStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     fn delete(&mut self, key: &[u8]) -> Result<(), StoreError>;
+    /// Applies the writes in order; a backend that can makes them one atomic write
+    /// (RocksDB: one write batch, one WAL record).
+    fn write_batch(&mut self, changes: &[ChangeRecord]) -> Result<(), StoreError> {
+        changes.iter().try_for_each(|change| change.apply_to(self))
+    }
     /// Visits the entries whose key starts with `prefix`, in key order, while `visit`
     /// returns true. The slices are the store's own: nothing is copied for a visit.
     fn visit_prefix(

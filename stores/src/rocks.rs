@@ -1,8 +1,8 @@
 use std::path::{Path, PathBuf};
 
-use rocksdb::{IteratorMode, Options, DB};
+use rocksdb::{IteratorMode, Options, WriteBatch, DB};
 
-use crate::{KeyValueStore, StoreDigest, StoreError};
+use crate::{ChangeRecord, KeyValueStore, StoreDigest, StoreError};
 
 /// A RocksDB database holding one store of one task.
 pub struct RocksDbStore {
@@ -92,6 +92,17 @@ impl KeyValueStore for RocksDbStore {
         self.db.delete(key).map_err(|source| self.error(source))
     }
 
+    fn write_batch(&mut self, changes: &[ChangeRecord]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for change in changes {
+            match &change.value {
+                Some(value) => batch.put(&change.key, value),
+                None => batch.delete(&change.key),
+            }
+        }
+        self.db.write(batch).map_err(|source| self.error(source))
+    }
+
     // Both scans use a raw iterator: its key and value are slices into RocksDB's
     // block, where the plain iterator copies each into two boxes.
     fn visit_prefix(
@@ -156,6 +167,18 @@ mod tests {
             }
             rocks.delete(b"a2").unwrap();
             memory.delete(b"a2").unwrap();
+            let batch = [
+                ChangeRecord {
+                    key: b"a3".to_vec(),
+                    value: Some(b"q".to_vec()),
+                },
+                ChangeRecord {
+                    key: b"a1".to_vec(),
+                    value: None,
+                },
+            ];
+            rocks.write_batch(&batch).unwrap();
+            memory.write_batch(&batch).unwrap();
             assert_eq!(
                 rocks.scan_prefix(b"a").unwrap(),
                 memory.scan_prefix(b"a").unwrap()

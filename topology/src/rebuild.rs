@@ -158,7 +158,8 @@ async fn rebuild_from_source(
             let payload = message.payload().unwrap_or_default();
             if let Ok(event) = Envelope::decode(payload, message.key(), found_on) {
                 apply(&event, &mut stores).map_err(StateError::from)?;
-                stores.drain_changes();
+                // Into the store now; the changelog gets the difference at the end.
+                stores.drain_changes().map_err(StateError::from)?;
             }
             Ok::<(), RebuildError>(())
         },

@@ -113,7 +113,7 @@ fn crashed_batch(
     view: &mut FeedView,
     delivered: &[bool],
 ) -> Vec<(StoreName, ChangeRecord)> {
-    stores.drain_changes();
+    stores.drain_changes().unwrap();
     let mut outputs = Vec::new();
     for event in records {
         outputs.extend(apply(event, stores).unwrap());
@@ -123,7 +123,7 @@ fn crashed_batch(
             view.apply(change);
         }
     }
-    stores.drain_changes()
+    stores.drain_changes().unwrap()
 }
 
 /// The writes of one store, in order.
@@ -202,6 +202,8 @@ proptest! {
                     view.apply(&change);
                 }
             }
+            // The batch's writes reach the stores (and the changelog) at its end.
+            stores.drain_changes().unwrap();
         }
         let expected = expected_feeds(&events, backfill);
         let found = compare(&expected, &view.feeds());
@@ -252,7 +254,7 @@ proptest! {
                     view.apply(&change);
                 }
             }
-            changelog.extend(stores.drain_changes());
+            changelog.extend(stores.drain_changes().unwrap());
         }
         let found = compare(&expected_feeds(&events, backfill), &view.feeds());
         prop_assert!(found.is_clean(), "{}", found);

@@ -126,11 +126,15 @@ pub(super) fn process_record(
     Ok(())
 }
 
-/// Appends the changelog records of the task's store writes since the last batch: one
-/// per key written, with its last value (coalesced by the stores' change capture), at
-/// the timestamp of the last event that wrote the task's stores.
-pub(super) fn changelog_records(task: &mut Task, timestamp: i64, effects: &mut Effects) {
-    for (store, change) in task.stores.drain_changes() {
+/// Writes the task's store writes since the last batch to its stores, one write batch
+/// per store, and appends their changelog records: one per key written, with its last
+/// value, at the timestamp of the last event that wrote the task's stores.
+pub(super) fn changelog_records(
+    task: &mut Task,
+    timestamp: i64,
+    effects: &mut Effects,
+) -> Result<(), StoreError> {
+    for (store, change) in task.stores.drain_changes()? {
         effects.changelog_records += 1;
         effects.outbound.push(OutboundRecord {
             topic: effects.changelogs[&store].clone(),
@@ -141,4 +145,5 @@ pub(super) fn changelog_records(task: &mut Task, timestamp: i64, effects: &mut E
             headers: Vec::new(),
         });
     }
+    Ok(())
 }

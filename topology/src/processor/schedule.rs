@@ -64,7 +64,12 @@ impl Runtime<'_> {
         }
         for (partition, timestamp) in std::mem::take(&mut effects.written) {
             if let Some(task) = self.tasks.get_mut(&partition) {
-                changelog_records(task, timestamp, &mut effects);
+                changelog_records(task, timestamp, &mut effects).map_err(|source| {
+                    ProcessorError::Store {
+                        task: partition,
+                        source,
+                    }
+                })?;
             }
         }
         self.metrics.waiting_tasks.set(self.lagging_tasks());
