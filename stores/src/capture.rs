@@ -71,10 +71,7 @@ impl<S: KeyValueStore> ChangeCapture<S> {
         self.inner
     }
 
-    fn pending_from<'a>(
-        &'a self,
-        prefix: &'a [u8],
-    ) -> impl Iterator<Item = Write<'a>> + 'a {
+    fn pending_from<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = Write<'a>> + 'a {
         self.pending
             .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
             .map(|(key, value)| (key.as_slice(), value.as_deref()))
@@ -228,7 +225,10 @@ mod tests {
             store.drain_changes().unwrap(),
             vec![record(b"count", Some(b"2")), record(b"edge", None)]
         );
-        assert_eq!(store.inner_mut().get(b"count").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(
+            store.inner_mut().get(b"count").unwrap(),
+            Some(b"2".to_vec())
+        );
         store.put(b"count", b"3").unwrap();
         assert_eq!(
             store.drain_changes().unwrap(),
@@ -265,7 +265,12 @@ mod tests {
     }
 
     /// Up to `limit` entries of a backward prefix scan below `upper`.
-    fn backward(store: &dyn KeyValueStore, prefix: &[u8], upper: &[u8], limit: usize) -> Vec<Entry> {
+    fn backward(
+        store: &dyn KeyValueStore,
+        prefix: &[u8],
+        upper: &[u8],
+        limit: usize,
+    ) -> Vec<Entry> {
         let mut seen = Vec::new();
         store
             .scan_prefix_rev(prefix, upper, &mut |key, value| {

@@ -9,6 +9,7 @@
 //! offsets. An offset is therefore committed only after all it caused is durable.
 
 mod intake;
+mod outbound;
 mod records;
 mod schedule;
 mod task;
@@ -31,6 +32,7 @@ use tokio::sync::watch;
 
 use crate::metrics::{OutcomeLabel, ProcessorMetrics, TopicLabel};
 use crate::state::StateError;
+use outbound::Outbound;
 use records::Effects;
 pub use task::task_dir;
 use task::{Task, CHECKPOINT_INTERVAL};
@@ -157,6 +159,7 @@ pub async fn run(
         incomplete: BTreeMap::new(),
         next_first: 0,
         uncommitted: false,
+        spare: Outbound::default(),
     };
     let stage = runtime.metrics.stage.clone();
     let result = drive(&mut runtime, &mut consumer, &stage, &mut shutdown).await;
@@ -180,6 +183,8 @@ struct Runtime<'s> {
     /// Whether the stores hold writes of a batch whose transaction has not committed
     /// (exactly-once): the tasks may then not be closed clean.
     uncommitted: bool,
+    /// The outbound slots of the last batch, for the next one to reuse.
+    spare: Outbound,
 }
 
 /// Most records read per intake.
@@ -246,6 +251,7 @@ impl Stage for Runtime<'_> {
         if effects.commit.is_empty() {
             // Nothing was processed, so nothing was written.
             self.uncommitted = false;
+            self.spare = effects.outbound;
             return Ok(None);
         }
         if exactly_once {
@@ -255,7 +261,7 @@ impl Stage for Runtime<'_> {
             let committed = transaction::commit_transaction(
                 &self.producer,
                 consumer,
-                &effects.outbound,
+                effects.outbound.records(),
                 &effects.commit,
             )
             .await;
@@ -287,7 +293,7 @@ impl Stage for Runtime<'_> {
                 failures.retried("kafka");
                 tracing::warn!(error = %retry.error, attempt = retry.attempt, delay = ?retry.delay, "batch not acknowledged by the broker; sending it again");
             },
-            || self.producer.deliver(&effects.outbound),
+            || self.producer.deliver(effects.outbound.records()),
         )
         .await?;
         Ok(Some(Durable {
@@ -303,6 +309,7 @@ impl Stage for Runtime<'_> {
     fn after_commit(&mut self, done: Done) -> Result<(), ProcessorError> {
         self.checkpoint_after_commit(&done.acknowledged)?;
         let effects = done.effects;
+        self.spare = effects.outbound;
         for (topic, count) in effects.records {
             self.metrics
                 .records

@@ -14,6 +14,7 @@ use feedstream_kafka::topics::Topics;
 use feedstream_kafka::{InputRecord, OutboundRecord, TopicPartition};
 use feedstream_stores::{StoreError, StoreName};
 
+use super::outbound::Outbound;
 use super::task::Task;
 use super::ProcessorSettings;
 use crate::metrics::ProcessorMetrics;
@@ -23,7 +24,7 @@ pub(super) struct Effects {
     /// The output topics' names, shared by every record of the batch.
     feed_events: Arc<str>,
     changelogs: BTreeMap<StoreName, Arc<str>>,
-    pub(super) outbound: Vec<OutboundRecord>,
+    pub(super) outbound: Outbound,
     pub(super) commit: BTreeMap<TopicPartition, i64>,
     pub(super) feed_changes: u64,
     /// Of those, ENTRY_ADDED.
@@ -39,14 +40,16 @@ pub(super) struct Effects {
 }
 
 impl Effects {
-    pub(super) fn new(topics: &Topics) -> Self {
+    /// Effects of a new batch, in the slots of an earlier one.
+    pub(super) fn new(topics: &Topics, mut outbound: Outbound) -> Self {
+        outbound.reset();
         Self {
             feed_events: topics.feed_events.as_str().into(),
             changelogs: StoreName::ALL
                 .into_iter()
                 .map(|store| (store, topics.changelog(store).into()))
                 .collect(),
-            outbound: Vec::new(),
+            outbound,
             commit: BTreeMap::new(),
             feed_changes: 0,
             entries_added: 0,
@@ -84,23 +87,25 @@ pub(super) fn process_record(
             effects.feed_changes += changes.len() as u64;
             effects.entries_added += entries_added;
             tracing::debug!(event_id = %event.event_id, event_type = event.type_name(), task = task.partition, changes = changes.len(), "event processed");
-            let event_id = event.event_id.to_string();
+            let mut event_id = itoa::Buffer::new();
+            let event_id = event_id.format(event.event_id.get());
             for change in changes {
-                let key = change.key().to_string().into_bytes();
+                let owner = change.key().get();
                 let value = FeedEvent {
                     change,
                     cause_event_id: event.event_id,
                     timestamp: event.timestamp,
                     version: FEED_EVENT_VERSION,
                 };
-                effects.outbound.push(OutboundRecord {
-                    topic: effects.feed_events.clone(),
-                    partition: None,
-                    key,
-                    payload: Some(value.to_json()),
-                    timestamp: Some(event.timestamp),
-                    headers: vec![(EVENT_ID_HEADER, event_id.clone())],
-                });
+                effects.outbound.write(
+                    &effects.feed_events,
+                    event.timestamp,
+                    (EVENT_ID_HEADER, event_id),
+                    |key, payload| {
+                        key.extend_from_slice(itoa::Buffer::new().format(owner).as_bytes());
+                        value.write_json(payload);
+                    },
+                );
             }
             effects.written.insert(task.partition, event.timestamp);
             metrics.observe_event(
