@@ -410,7 +410,11 @@ fn subscribe(
         .set("max.poll.interval.ms", "300000")
         // Bounds what librdkafka prefetches (one queue for all partitions) while the
         // runtime is busy or retrying: memory stays bounded whatever the input rate.
-        .set("queued.max.messages.kbytes", "16384");
+        // The runtimes buffer records themselves (the processor up to 4,000 per
+        // partition), so more prefetch only holds the same backlog twice: a replaying
+        // processor peaked at 109-124 MB RSS with 16 MB here, 98 MB with 4 MB, at the
+        // same backlog speed within the bench's noise (bench/results/2-core-epyc-write-batch/).
+        .set("queued.max.messages.kbytes", "4096");
     if let Some(instance_id) = &identity.instance_id {
         config.set("group.instance.id", instance_id);
     }
