@@ -4,6 +4,10 @@ use std::sync::Arc;
 
 use feedstream_kafka::OutboundRecord;
 
+/// A feed event's JSON is about 200 bytes: a new slot's payload buffer starts there,
+/// so that it is allocated once.
+const PAYLOAD_CAPACITY: usize = 256;
+
 /// A batch's outbound records. A slot's key, payload and header buffers are cleared
 /// and written again by the next batch, so that, once the slots have grown to the
 /// largest batch, a fan-out allocates nothing per feed entry (before, four buffers per
@@ -12,6 +16,15 @@ use feedstream_kafka::OutboundRecord;
 pub(super) struct Outbound {
     slots: Vec<OutboundRecord>,
     len: usize,
+}
+
+/// Where a record goes and what it carries besides its key and payload.
+pub(super) struct Destination<'a> {
+    pub(super) topic: &'a Arc<str>,
+    /// `None` lets the partitioner choose by key.
+    pub(super) partition: Option<i32>,
+    pub(super) timestamp: i64,
+    pub(super) header: Option<(&'static str, &'a str)>,
 }
 
 impl Outbound {
@@ -24,7 +37,7 @@ impl Outbound {
         &self.slots[..self.len]
     }
 
-    /// Appends a record built elsewhere (dead letters, changelog records).
+    /// Appends a record built elsewhere (dead letters, which are rare).
     pub(super) fn push(&mut self, record: OutboundRecord) {
         match self.slots.get_mut(self.len) {
             Some(slot) => *slot = record,
@@ -33,49 +46,53 @@ impl Outbound {
         self.len += 1;
     }
 
-    /// Appends a record whose key and payload `write` fills into reused buffers, with
-    /// one header.
+    /// Appends a record whose key and payload `write` writes into the slot's buffers;
+    /// it returns false for a record without a payload (a tombstone).
     pub(super) fn write(
         &mut self,
-        topic: &Arc<str>,
-        timestamp: i64,
-        header: (&'static str, &str),
-        write: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>),
+        to: Destination<'_>,
+        write: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> bool,
     ) {
         if self.len == self.slots.len() {
             self.slots.push(OutboundRecord {
-                topic: topic.clone(),
+                topic: to.topic.clone(),
                 partition: None,
                 key: Vec::new(),
-                payload: None,
+                payload: Some(Vec::with_capacity(PAYLOAD_CAPACITY)),
                 timestamp: None,
                 headers: Vec::new(),
             });
         }
         let slot = &mut self.slots[self.len];
         self.len += 1;
-        if !Arc::ptr_eq(&slot.topic, topic) {
-            slot.topic = topic.clone();
+        if !Arc::ptr_eq(&slot.topic, to.topic) {
+            slot.topic = to.topic.clone();
         }
-        slot.partition = None;
-        slot.timestamp = Some(timestamp);
-        let (name, value) = header;
-        match slot.headers.as_mut_slice() {
-            [(kept_name, kept_value)] => {
+        slot.partition = to.partition;
+        slot.timestamp = Some(to.timestamp);
+        match (to.header, slot.headers.as_mut_slice()) {
+            (Some((name, value)), [(kept_name, kept_value)]) => {
                 *kept_name = name;
                 kept_value.clear();
                 kept_value.push_str(value);
             }
-            _ => {
+            (Some((name, value)), _) => {
                 slot.headers.clear();
                 slot.headers.push((name, value.to_string()));
             }
+            // The header's buffer is dropped: a slot used for a changelog record in
+            // one batch is mostly used for one in the next too.
+            (None, _) => slot.headers.clear(),
         }
-        let mut payload = slot.payload.take().unwrap_or_default();
+        let mut payload = slot
+            .payload
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(PAYLOAD_CAPACITY));
         payload.clear();
         slot.key.clear();
-        write(&mut slot.key, &mut payload);
-        slot.payload = Some(payload);
+        if write(&mut slot.key, &mut payload) {
+            slot.payload = Some(payload);
+        }
     }
 }
 
@@ -83,45 +100,100 @@ impl Outbound {
 mod tests {
     use super::*;
 
+    fn to<'a>(
+        topic: &'a Arc<str>,
+        partition: Option<i32>,
+        timestamp: i64,
+        header: Option<(&'static str, &'a str)>,
+    ) -> Destination<'a> {
+        Destination {
+            topic,
+            partition,
+            timestamp,
+            header,
+        }
+    }
+
     #[test]
     fn a_reused_slot_holds_only_what_was_written_last() {
         let feed: Arc<str> = "feed-events".into();
         let changelog: Arc<str> = "changelog".into();
         let mut outbound = Outbound::default();
-        outbound.write(&feed, 1, ("event_id", "123456"), |key, payload| {
-            key.extend_from_slice(b"long-key");
-            payload.extend_from_slice(b"long payload");
-        });
-        outbound.push(OutboundRecord {
-            topic: changelog.clone(),
-            partition: Some(3),
-            key: b"k".to_vec(),
-            payload: None,
-            timestamp: Some(2),
-            headers: Vec::new(),
+        outbound.write(
+            to(&feed, None, 1, Some(("event_id", "123456"))),
+            |key, payload| {
+                key.extend_from_slice(b"long-key");
+                payload.extend_from_slice(b"long payload");
+                true
+            },
+        );
+        outbound.write(to(&changelog, Some(3), 2, None), |key, _| {
+            key.push(b'k');
+            false
         });
         outbound.reset();
         assert!(outbound.records().is_empty());
-        outbound.write(&feed, 3, ("event_id", "7"), |key, payload| {
+        outbound.write(to(&changelog, Some(5), 3, None), |key, payload| {
             key.push(b'a');
             payload.push(b'b');
+            true
         });
-        outbound.write(&feed, 4, ("event_id", "8"), |key, payload| {
-            key.push(b'c');
-            payload.push(b'd');
+        outbound.write(
+            to(&feed, None, 4, Some(("event_id", "8"))),
+            |key, payload| {
+                key.push(b'c');
+                payload.push(b'd');
+                true
+            },
+        );
+        outbound.write(to(&changelog, Some(1), 5, None), |key, _| {
+            key.push(b'e');
+            false
         });
-        let records = outbound.records();
-        assert_eq!(records.len(), 2);
-        for (record, (key, payload, id, at)) in records
+        let written: Vec<_> = outbound
+            .records()
             .iter()
-            .zip([(b"a", b"b", "7", 3), (b"c", b"d", "8", 4)])
-        {
-            assert_eq!(&*record.topic, "feed-events");
-            assert_eq!(record.partition, None);
-            assert_eq!(record.key, key);
-            assert_eq!(record.payload.as_deref(), Some(&payload[..]));
-            assert_eq!(record.headers, vec![("event_id", id.to_string())]);
-            assert_eq!(record.timestamp, Some(at));
-        }
+            .map(|r| {
+                let topic = r.topic.to_string();
+                (
+                    topic,
+                    r.partition,
+                    r.key.clone(),
+                    r.payload.clone(),
+                    r.headers.clone(),
+                    r.timestamp,
+                )
+            })
+            .collect();
+        let header = vec![("event_id", "8".to_string())];
+        assert_eq!(
+            written,
+            vec![
+                (
+                    "changelog".into(),
+                    Some(5),
+                    b"a".to_vec(),
+                    Some(b"b".to_vec()),
+                    vec![],
+                    Some(3)
+                ),
+                (
+                    "feed-events".into(),
+                    None,
+                    b"c".to_vec(),
+                    Some(b"d".to_vec()),
+                    header,
+                    Some(4)
+                ),
+                (
+                    "changelog".into(),
+                    Some(1),
+                    b"e".to_vec(),
+                    None,
+                    vec![],
+                    Some(5)
+                ),
+            ]
+        );
     }
 }

@@ -11,10 +11,10 @@ use feedstream_core::event::{
 use feedstream_core::feed::apply;
 use feedstream_kafka::dead_letter::{dead_letter, Failure, Stage};
 use feedstream_kafka::topics::Topics;
-use feedstream_kafka::{InputRecord, OutboundRecord, TopicPartition};
+use feedstream_kafka::{InputRecord, TopicPartition};
 use feedstream_stores::{StoreError, StoreName};
 
-use super::outbound::Outbound;
+use super::outbound::{Destination, Outbound};
 use super::task::Task;
 use super::ProcessorSettings;
 use crate::metrics::ProcessorMetrics;
@@ -97,15 +97,17 @@ pub(super) fn process_record(
                     timestamp: event.timestamp,
                     version: FEED_EVENT_VERSION,
                 };
-                effects.outbound.write(
-                    &effects.feed_events,
-                    event.timestamp,
-                    (EVENT_ID_HEADER, event_id),
-                    |key, payload| {
-                        key.extend_from_slice(itoa::Buffer::new().format(owner).as_bytes());
-                        value.write_json(payload);
-                    },
-                );
+                let to = Destination {
+                    topic: &effects.feed_events,
+                    partition: None,
+                    timestamp: event.timestamp,
+                    header: Some((EVENT_ID_HEADER, event_id)),
+                };
+                effects.outbound.write(to, |key, payload| {
+                    key.extend_from_slice(itoa::Buffer::new().format(owner).as_bytes());
+                    value.write_json(payload);
+                    true
+                });
             }
             effects.written.insert(task.partition, event.timestamp);
             metrics.observe_event(
@@ -141,13 +143,21 @@ pub(super) fn changelog_records(
 ) -> Result<(), StoreError> {
     for (store, change) in task.stores.drain_changes()? {
         effects.changelog_records += 1;
-        effects.outbound.push(OutboundRecord {
-            topic: effects.changelogs[&store].clone(),
+        let to = Destination {
+            topic: &effects.changelogs[&store],
             partition: Some(task.partition),
-            key: change.key,
-            payload: change.value,
-            timestamp: Some(timestamp),
-            headers: Vec::new(),
+            timestamp,
+            header: None,
+        };
+        effects.outbound.write(to, |key, payload| {
+            key.extend_from_slice(&change.key);
+            match &change.value {
+                Some(value) => {
+                    payload.extend_from_slice(value);
+                    true
+                }
+                None => false,
+            }
         });
     }
     Ok(())
