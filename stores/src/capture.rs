@@ -71,6 +71,16 @@ impl<S: KeyValueStore> ChangeCapture<S> {
         self.inner
     }
 
+    fn write(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let value = value.map(<[u8]>::to_vec);
+        match self.pending.get_mut(key) {
+            Some(slot) => *slot = value,
+            None => {
+                self.pending.insert(key.to_vec(), value);
+            }
+        }
+    }
+
     fn pending_from<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = Write<'a>> + 'a {
         self.pending
             .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
@@ -146,18 +156,6 @@ impl<S: KeyValueStore> KeyValueStore for ChangeCapture<S> {
     }
 }
 
-impl<S> ChangeCapture<S> {
-    fn write(&mut self, key: &[u8], value: Option<&[u8]>) {
-        let value = value.map(<[u8]>::to_vec);
-        match self.pending.get_mut(key) {
-            Some(slot) => *slot = value,
-            None => {
-                self.pending.insert(key.to_vec(), value);
-            }
-        }
-    }
-}
-
 /// A pending write: its key and last value (`None`: deleted).
 type Write<'a> = (&'a [u8], Option<&'a [u8]>);
 
@@ -172,7 +170,7 @@ fn merge<'a>(
     visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
 ) -> Result<(), StoreError> {
     let mut pending = pending.peekable();
-    // Whether `visit` asked to stop; a delete visits nothing and goes on.
+    // Whether to go on, as `visit` answers; a delete visits nothing and goes on.
     let mut emit = |key: &[u8], value: Option<&[u8]>| value.is_none_or(|value| visit(key, value));
     let mut stopped = false;
     scan(&mut |key, value| {
