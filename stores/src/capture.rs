@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use crate::{KeyValueStore, StoreDigest, StoreError};
+use crate::{KeyValueStore, StoreError};
 
 /// One store write as it goes to the changelog: `value: None` is a delete (a tombstone).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,15 +144,6 @@ impl<S: KeyValueStore> KeyValueStore for ChangeCapture<S> {
             |pending, stored| pending > stored,
             visit,
         )
-    }
-
-    fn digest(&self) -> Result<StoreDigest, StoreError> {
-        let mut digest = StoreDigest::default();
-        self.visit_prefix(&[], &mut |key, value| {
-            digest.add(key, value);
-            true
-        })?;
-        Ok(digest)
     }
 }
 

@@ -42,7 +42,14 @@ pub trait KeyValueStore {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError>;
     /// Folds every entry, in key order, into a digest (see [`StoreDigest`]).
-    fn digest(&self) -> Result<StoreDigest, StoreError>;
+    fn digest(&self) -> Result<StoreDigest, StoreError> {
+        let mut digest = StoreDigest::default();
+        self.visit_prefix(&[], &mut |key, value| {
+            digest.add(key, value);
+            true
+        })?;
+        Ok(digest)
+    }
 }
 
 /// Order-sensitive fingerprint of a store's whole content: equal content gives an equal

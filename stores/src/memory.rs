@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use crate::{KeyValueStore, StoreDigest, StoreError};
+use crate::{KeyValueStore, StoreError};
 
 /// Ordered in-memory store, for pure tests of the topology.
 #[derive(Debug, Default, Clone)]
@@ -48,13 +48,5 @@ impl KeyValueStore for InMemoryStore {
             }
         }
         Ok(())
-    }
-
-    fn digest(&self) -> Result<StoreDigest, StoreError> {
-        let mut digest = StoreDigest::default();
-        for (key, value) in &self.entries {
-            digest.add(key, value);
-        }
-        Ok(digest)
     }
 }

@@ -1,8 +1,8 @@
 use std::path::{Path, PathBuf};
 
-use rocksdb::{IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{Options, WriteBatch, DB};
 
-use crate::{ChangeRecord, KeyValueStore, StoreDigest, StoreError};
+use crate::{ChangeRecord, KeyValueStore, StoreError};
 
 /// A RocksDB database holding one store of one task.
 pub struct RocksDbStore {
@@ -137,15 +137,6 @@ impl KeyValueStore for RocksDbStore {
             iterator.prev();
         }
         iterator.status().map_err(|source| self.error(source))
-    }
-
-    fn digest(&self) -> Result<StoreDigest, StoreError> {
-        let mut digest = StoreDigest::default();
-        for item in self.db.iterator(IteratorMode::Start) {
-            let (key, value) = item.map_err(|source| self.error(source))?;
-            digest.add(&key, &value);
-        }
-        Ok(digest)
     }
 }
 
