@@ -27,13 +27,13 @@ use feedstream_kafka::{
     self as kafka, retry_transient, Acknowledged, Batch, GroupConsumer, InputRecord, Intake,
     KafkaFailure, KafkaSettings, MemberIdentity, ProcessingGuarantee, Retry, TopicPartition,
 };
-use feedstream_stores::{StoreError, StoreName};
+use feedstream_stores::StoreError;
 use tokio::sync::watch;
 
 use crate::metrics::{OutcomeLabel, ProcessorMetrics, TopicLabel};
 use crate::state::StateError;
 use outbound::Outbound;
-use records::Effects;
+use records::{Effects, OutputTopics};
 pub use task::task_dir;
 use task::{Task, CHECKPOINT_INTERVAL};
 
@@ -159,6 +159,7 @@ pub async fn run(
         incomplete: BTreeMap::new(),
         next_first: 0,
         uncommitted: false,
+        outputs: std::sync::Arc::new(OutputTopics::new(topics)),
         spare: Outbound::default(),
     };
     let stage = runtime.metrics.stage.clone();
@@ -183,6 +184,7 @@ struct Runtime<'s> {
     /// Whether the stores hold writes of a batch whose transaction has not committed
     /// (exactly-once): the tasks may then not be closed clean.
     uncommitted: bool,
+    outputs: std::sync::Arc<OutputTopics>,
     /// The outbound slots of the last batch, for the next one to reuse.
     spare: Outbound,
 }
@@ -338,17 +340,13 @@ impl Runtime<'_> {
         &mut self,
         acknowledged: &Acknowledged,
     ) -> Result<(), ProcessorError> {
-        let changelogs: BTreeMap<String, StoreName> = StoreName::ALL
-            .into_iter()
-            .map(|store| (self.settings.topics.changelog(store), store))
-            .collect();
         let mut touched = BTreeSet::new();
         for (topic, partition, offset) in acknowledged.iter() {
-            let Some(store) = changelogs.get(topic) else {
+            let Some(store) = self.outputs.changelog_of(topic) else {
                 continue;
             };
             if let Some(task) = self.tasks.get_mut(&partition) {
-                let position = task.positions.entry(*store).or_insert(0);
+                let position = task.positions.entry(store).or_insert(0);
                 *position = (*position).max(offset + 1);
                 touched.insert(partition);
             }

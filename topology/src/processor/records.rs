@@ -19,11 +19,36 @@ use super::task::Task;
 use super::ProcessorSettings;
 use crate::metrics::ProcessorMetrics;
 
-/// What one batch produced and may commit.
-pub(super) struct Effects {
-    /// The output topics' names, shared by every record of the batch.
+/// The names of the topics the processor writes, made once: every outbound record
+/// shares one.
+pub(super) struct OutputTopics {
     feed_events: Arc<str>,
     changelogs: BTreeMap<StoreName, Arc<str>>,
+}
+
+impl OutputTopics {
+    pub(super) fn new(topics: &Topics) -> Self {
+        Self {
+            feed_events: topics.feed_events.as_str().into(),
+            changelogs: StoreName::ALL
+                .into_iter()
+                .map(|store| (store, topics.changelog(store).into()))
+                .collect(),
+        }
+    }
+
+    /// The store whose changelog `topic` is, if it is one.
+    pub(super) fn changelog_of(&self, topic: &str) -> Option<StoreName> {
+        self.changelogs
+            .iter()
+            .find(|(_, name)| name.as_ref() == topic)
+            .map(|(store, _)| *store)
+    }
+}
+
+/// What one batch produced and may commit.
+pub(super) struct Effects {
+    outputs: Arc<OutputTopics>,
     pub(super) outbound: Outbound,
     pub(super) commit: BTreeMap<TopicPartition, i64>,
     pub(super) feed_changes: u64,
@@ -41,14 +66,10 @@ pub(super) struct Effects {
 
 impl Effects {
     /// Effects of a new batch, in the slots of an earlier one.
-    pub(super) fn new(topics: &Topics, mut outbound: Outbound) -> Self {
+    pub(super) fn new(outputs: Arc<OutputTopics>, mut outbound: Outbound) -> Self {
         outbound.reset();
         Self {
-            feed_events: topics.feed_events.as_str().into(),
-            changelogs: StoreName::ALL
-                .into_iter()
-                .map(|store| (store, topics.changelog(store).into()))
-                .collect(),
+            outputs,
             outbound,
             commit: BTreeMap::new(),
             feed_changes: 0,
@@ -98,7 +119,7 @@ pub(super) fn process_record(
                     version: FEED_EVENT_VERSION,
                 };
                 let to = Destination {
-                    topic: &effects.feed_events,
+                    topic: &effects.outputs.feed_events,
                     partition: None,
                     timestamp: event.timestamp,
                     header: Some((EVENT_ID_HEADER, event_id)),
@@ -144,7 +165,7 @@ pub(super) fn changelog_records(
     for (store, change) in task.stores.drain_changes()? {
         effects.changelog_records += 1;
         let to = Destination {
-            topic: &effects.changelogs[&store],
+            topic: &effects.outputs.changelogs[&store],
             partition: Some(task.partition),
             timestamp,
             header: None,

@@ -25,7 +25,7 @@ impl Runtime<'_> {
         &mut self,
         consumer: &GroupConsumer,
     ) -> Result<Effects, ProcessorError> {
-        let mut effects = Effects::new(&self.settings.topics, std::mem::take(&mut self.spare));
+        let mut effects = Effects::new(self.outputs.clone(), std::mem::take(&mut self.spare));
         let mut partitions: Vec<i32> = self.tasks.keys().copied().collect();
         if !partitions.is_empty() {
             let first = self.next_first % partitions.len();
