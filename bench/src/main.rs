@@ -81,9 +81,10 @@ struct Args {
     exactly_once_commit_interval_ms: u64,
 }
 
+/// The phase whose processor CPU gives entries per CPU-second.
+const MAX_LOAD: &str = "posts: maximum load";
 /// The cache-hit phases: the first, the same on an api without rate limits, and the
 /// first again.
-const MAX_LOAD: &str = "posts: maximum load";
 const READS_HIT: &str = "reads: hits";
 const READS_HIT_UNLIMITED: &str = "reads: hits, no rate limits";
 const READS_HIT_AGAIN: &str = "reads: hits, rate limits again";
